@@ -1,0 +1,193 @@
+"""``hsearch``: one entry point for ingesting, building, searching and inspecting collections.
+
+Every failure the plugin anticipates (:class:`HSearchError`, missing files) prints one line to stderr
+and exits with status 2; nothing already stored is touched by a failed command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from plugin import config
+from plugin.errors import HSearchError
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def _store_location(args) -> str:
+    return args.store or os.environ.get("QDRANT_URL") or str(config.stores_dir())
+
+
+def open_collection(args, dim: int | None = None):
+    from plugin.store import open_store
+
+    return open_store(_store_location(args), dim=dim, collection=args.collection)
+
+
+def _add_common(p):
+    p.add_argument("--collection", default="images", help="collection name (default: images)")
+    p.add_argument("--store", default=None,
+                   help="directory of embedded collections, or a Qdrant URL (default: $QDRANT_URL or "
+                        "$HSEARCH_HOME/stores)")
+
+
+def _add_encoder(p):
+    p.add_argument("--encoder", default=None, help="encoder name (default: the collection's, else mobilenet_v2)")
+    p.add_argument("--weights", default="default", help="weights tag or local file (default: the offline ones)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+
+
+def _encoder(args, store=None):
+    from plugin.encoders import create_encoder
+
+    name = args.encoder or (store.get_meta().get("encoder") if store is not None else None) or "mobilenet_v2"
+    weights = args.weights
+    if weights == "default" and store is not None and store.get_meta().get("encoder") == name:
+        weights = store.get_meta().get("weights", "default")
+    return create_encoder(name, pretrained=None if weights == "none" else weights, device=args.device)
+
+
+def cmd_ingest(args) -> int:
+    from loaders import open_loader
+    from plugin.ingest import ingest
+
+    enc = _encoder(args)
+    items = open_loader(args.source, limit=args.limit)
+    total = args.limit
+    if args.source.startswith("fashion-mnist") and total is None:
+        total = 60000 if args.source.endswith("train") else 10000
+    store = open_collection(args, dim=enc.dim)
+    router = _open_router_if_built(store)
+    with store:
+        stats = ingest(items, enc, store, router=router, batch_size=args.batch_size, use_cache=not args.no_cache,
+                       progress=not args.quiet, total=total)
+        if router is not None:
+            router.save()
+    bad = stats.pop("bad_items")
+    print(json.dumps(stats))
+    for source, reason in bad[:20]:
+        print(f"skipped: {source}: {reason}", file=sys.stderr)
+    if len(bad) > 20:
+        print(f"... and {len(bad) - 20} more skipped", file=sys.stderr)
+    return 0
+
+
+def _open_router_if_built(store):
+    try:
+        from plugin.router import Router
+    except ImportError:
+        return None
+    return Router.open(store) if Router.exists(store) else None
+
+
+def _query_vector(args, store, enc):
+    from loaders import open_image_file, open_loader
+
+    if args.id is not None:
+        recs = store.retrieve([args.id], with_vectors=True)
+        if not recs:
+            raise HSearchError(f"no point with id {args.id} in collection '{store.name}'")
+        return recs[0].vector, recs[0].payload.get("label"), recs[0].payload.get("source")
+    if args.image:
+        img = open_image_file(args.image)
+        return enc.encode([img])[0], None, args.image
+    spec, _, index = args.sample.rpartition(":")
+    if not spec or not index.isdigit():
+        raise HSearchError("--sample takes LOADER:INDEX, e.g. fashion-mnist:train:17")
+    items = list(open_loader(spec, limit=int(index) + 1))
+    if len(items) <= int(index):
+        raise HSearchError(f"{spec} has only {len(items)} items")
+    item = items[int(index)]
+    label = None
+    if item.wnid:
+        from plugin.taxonomy import synset_payload
+
+        label = synset_payload(item.wnid)["label"]
+    return enc.encode([item.load()])[0], label, item.source
+
+
+def cmd_search(args) -> int:
+    store = open_collection(args)
+    with store:
+        enc = _encoder(args, store) if args.id is None else None
+        vec, qlabel, qsource = _query_vector(args, store, enc)
+        router = _open_router_if_built(store)
+        if router is not None:
+            hits, stats = router.search(vec, k=args.k, mode=args.mode, return_stats=True)
+        else:
+            if args.mode not in ("exact", "auto"):
+                raise HSearchError(f"mode '{args.mode}' needs a router: run `hsearch build` first")
+            hits, stats = store.search(vec, k=args.k, exact=True), {"mode": "exact"}
+    print(f"query: {qsource}" + (f"  [{qlabel}]" if qlabel else ""))
+    print(f"{'rank':>4}  {'score':>7}  {'label':<18} {'wnid':<10} source")
+    for r, h in enumerate(hits, 1):
+        p = h.payload
+        print(f"{r:>4}  {h.score:7.4f}  {str(p.get('label')):<18} {str(p.get('wnid')):<10} {p.get('source')}")
+    print("stats: " + json.dumps({k: v for k, v in stats.items() if k != "leaves"}))
+    return 0
+
+
+def cmd_info(args) -> int:
+    store = open_collection(args)
+    with store:
+        info = store.info()
+        from plugin.store import Filter
+
+        router = _open_router_if_built(store)
+        if router is not None:
+            info["router"] = router.describe()
+    print(json.dumps(info, indent=1, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="hsearch", description=__doc__.splitlines()[0])
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="encode images and add them to a collection (idempotent)")
+    p.add_argument("source", help="fashion-mnist[:train|:test], imagenet-sample, or an image folder")
+    _add_common(p)
+    _add_encoder(p)
+    p.add_argument("--limit", type=int, default=None, help="only the first N items")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--no-cache", action="store_true", help="do not use the embedding cache")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("search", help="nearest images to an image, a stored point or a dataset sample")
+    _add_common(p)
+    _add_encoder(p)
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--image", help="path of a query image")
+    q.add_argument("--id", type=int, help="id of a stored point")
+    q.add_argument("--sample", help="LOADER:INDEX, e.g. fashion-mnist:train:17")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--mode", default="auto", help="exact | intensive | relaxed | auto (router modes need `build`)")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("info", help="collection statistics")
+    _add_common(p)
+    p.set_defaults(func=cmd_info)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (HSearchError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: everything ingested so far is stored; re-run to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""The storage interface the rest of the plugin talks to (qdrant-client style: one base, several backends).
+
+Nothing above ``plugin/store`` imports qdrant-edge or qdrant-client. A backend implements the
+``_``-prefixed primitives; the public methods here validate input *before* anything is written, so a
+bad batch (wrong dimension, NaN, mismatched lengths) never reaches the engine and never half-applies.
+
+Point ids are unsigned integers below 2**63 (they fit numpy ``int64`` and Qdrant's u64 ids).
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from plugin.errors import BadVectorError, EmptyCollectionError, HSearchError
+
+DISTANCES = ("cosine", "dot", "euclid")
+PARTITION_FIELDS = {"leaf": "integer", "synsets": "keyword"}
+MAX_ID = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A payload filter in our own terms; each backend translates it.
+
+    ``leaf_in``: the point's ``leaf`` is one of these ints. ``synsets_any``: the point's ``synsets``
+    array contains at least one of these wnids. ``match``: exact equality on other payload fields.
+    All given conditions must hold (AND).
+    """
+
+    leaf_in: tuple[int, ...] | None = None
+    synsets_any: tuple[str, ...] | None = None
+    match: tuple[tuple[str, Any], ...] = ()
+
+    @staticmethod
+    def of(leaf_in=None, synsets_any=None, **match) -> "Filter":
+        return Filter(
+            leaf_in=None if leaf_in is None else tuple(int(x) for x in leaf_in),
+            synsets_any=None if synsets_any is None else tuple(str(x) for x in synsets_any),
+            match=tuple(sorted(match.items())),
+        )
+
+
+@dataclass
+class Hit:
+    """One search result."""
+
+    id: int
+    score: float
+    payload: dict = field(default_factory=dict)
+
+
+@dataclass
+class Record:
+    """One stored point as returned by ``retrieve``/``scroll``."""
+
+    id: int
+    payload: dict
+    vector: np.ndarray | None = None
+
+
+def check_vectors(vectors, dim: int) -> np.ndarray:
+    """Return ``vectors`` as a C-contiguous float32 (N, dim) array or raise :class:`BadVectorError`."""
+    try:
+        arr = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise BadVectorError(f"vectors must be numeric arrays: {e}") from None
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise BadVectorError(f"expected a (N, {dim}) array of vectors, got shape {arr.shape}")
+    if arr.shape[1] != dim:
+        raise BadVectorError(f"vector dimension {arr.shape[1]} does not match the collection's dimension {dim}")
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)[:5].tolist()
+        raise BadVectorError(f"{int(bad.sum())} vector(s) contain NaN or inf (rows {rows}...); nothing was written")
+    return np.ascontiguousarray(arr)
+
+
+def check_ids(ids, n: int | None = None) -> np.ndarray:
+    arr = np.asarray(ids)
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise HSearchError(f"point ids must be a 1-d sequence of integers, got {arr.dtype} with shape {arr.shape}")
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < 0):
+        raise HSearchError("point ids must be non-negative integers below 2**63")
+    if n is not None and arr.size != n:
+        raise HSearchError(f"got {arr.size} ids for {n} vectors")
+    return arr
+
+
+class Store(abc.ABC):
+    """A single vector collection: the source of truth for points and payloads."""
+
+    name: str
+    dim: int
+    distance: str
+
+    # ---- writes -------------------------------------------------------------------------------
+    def upsert(self, ids, vectors, payloads: Sequence[dict] | None = None, batch_size: int = 1024) -> int:
+        """Insert or replace points. Validates everything first; returns the number written."""
+        vecs = check_vectors(vectors, self.dim)
+        id_arr = check_ids(ids, len(vecs))
+        if payloads is None:
+            payloads = [{} for _ in range(len(vecs))]
+        if len(payloads) != len(vecs):
+            raise HSearchError(f"got {len(payloads)} payloads for {len(vecs)} vectors")
+        if len(np.unique(id_arr)) != len(id_arr):
+            raise HSearchError("duplicate ids in one upsert batch")
+        for s in range(0, len(vecs), batch_size):
+            self._upsert(id_arr[s:s + batch_size], vecs[s:s + batch_size], list(payloads[s:s + batch_size]))
+        return len(vecs)
+
+    def delete(self, ids) -> None:
+        self._delete(check_ids(ids))
+
+    def set_payload(self, ids, payload: dict) -> None:
+        """Set (merge) the same payload keys on several points."""
+        self._set_payload(check_ids(ids), payload)
+
+    # ---- reads --------------------------------------------------------------------------------
+    def search(self, vector, k: int = 10, filter: Filter | None = None, exact: bool = False,
+               hnsw_ef: int | None = None, with_payload: bool = True) -> list[Hit]:
+        """Top-``k`` nearest points; ``exact=True`` scores every point that passes ``filter``."""
+        return self.search_batch(vector, k, filter, exact, hnsw_ef, with_payload)[0]
+
+    def search_batch(self, vectors, k: int = 10, filter: Filter | Sequence[Filter | None] | None = None,
+                     exact: bool = False, hnsw_ef: int | None = None, with_payload: bool = True) -> list[list[Hit]]:
+        vecs = check_vectors(vectors, self.dim)
+        if k < 1:
+            raise HSearchError(f"k must be >= 1, got {k}")
+        filters = list(filter) if isinstance(filter, (list, tuple)) else [filter] * len(vecs)
+        if len(filters) != len(vecs):
+            raise HSearchError(f"got {len(filters)} filters for {len(vecs)} query vectors")
+        if self.count() == 0:
+            raise EmptyCollectionError(f"collection '{self.name}' is empty: ingest images first")
+        return self._search_batch(vecs, int(k), filters, exact, hnsw_ef, with_payload)
+
+    def retrieve(self, ids, with_vectors: bool = False) -> list[Record]:
+        """Records for the ids that exist (missing ids are left out), in the order asked."""
+        return self._retrieve(check_ids(ids), with_vectors)
+
+    def existing_ids(self, ids) -> set[int]:
+        return {r.id for r in self.retrieve(ids, with_vectors=False)}
+
+    def scroll(self, batch_size: int = 2048, with_vectors: bool = True, filter: Filter | None = None,
+               payload_fields: Sequence[str] | None = None) -> Iterator[list[Record]]:
+        """Iterate over all points (optionally filtered) in pages."""
+        yield from self._scroll(batch_size, with_vectors, filter, payload_fields)
+
+    def all_vectors(self, payload_fields: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+        """(ids, vectors, payloads-with-``payload_fields``) of every point, in scroll order."""
+        ids, vecs, pls = [], [], []
+        for page in self.scroll(with_vectors=True, payload_fields=list(payload_fields)):
+            for r in page:
+                ids.append(r.id)
+                vecs.append(r.vector)
+                pls.append(r.payload)
+        if not ids:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32), []
+        return np.asarray(ids, np.int64), np.vstack(vecs).astype(np.float32), pls
+
+    @abc.abstractmethod
+    def count(self, filter: Filter | None = None) -> int: ...
+
+    # ---- admin --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_payload_index(self, field_name: str, kind: str) -> None:
+        """``kind`` is ``integer`` or ``keyword``."""
+
+    def ensure_partition_indexes(self) -> None:
+        for name, kind in PARTITION_FIELDS.items():
+            self.create_payload_index(name, kind)
+
+    def optimize(self) -> None:
+        """Build the engine's ANN index (HNSW) now; a no-op where the backend has none."""
+
+    @abc.abstractmethod
+    def flush(self) -> None: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def get_meta(self) -> dict:
+        """Small JSON metadata kept with the collection (e.g. which encoder filled it)."""
+
+    @abc.abstractmethod
+    def update_meta(self, **values) -> None: ...
+
+    def info(self) -> dict:
+        return {"name": self.name, "backend": type(self).__name__, "dim": self.dim,
+                "distance": self.distance, "points": self.count(), **self.get_meta()}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- backend primitives -------------------------------------------------------------------
+    @abc.abstractmethod
+    def _upsert(self, ids: np.ndarray, vectors: np.ndarray, payloads: list[dict]) -> None: ...
+
+    @abc.abstractmethod
+    def _delete(self, ids: np.ndarray) -> None: ...
+
+    @abc.abstractmethod
+    def _set_payload(self, ids: np.ndarray, payload: dict) -> None: ...
+
+    @abc.abstractmethod
+    def _search_batch(self, vectors: np.ndarray, k: int, filters: list[Filter | None], exact: bool,
+                      hnsw_ef: int | None, with_payload: bool) -> list[list[Hit]]: ...
+
+    @abc.abstractmethod
+    def _retrieve(self, ids: np.ndarray, with_vectors: bool) -> list[Record]: ...
+
+    @abc.abstractmethod
+    def _scroll(self, batch_size: int, with_vectors: bool, filter: Filter | None,
+                payload_fields: Sequence[str] | None) -> Iterator[list[Record]]: ...

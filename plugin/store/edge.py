@@ -1,0 +1,181 @@
+"""EdgeStore: the real Qdrant engine in-process (``qdrant-edge-py``), the embedded default.
+
+One collection is one directory::
+
+    <path>/collection.json   name, dim, distance, created (our metadata; Edge has no collection manager)
+    <path>/shard/            the EdgeShard (segments + WAL)
+
+Only one ``EdgeShard`` may hold a directory open at a time (its WAL takes an exclusive lock); a
+second opener gets :class:`StoreLockedError` instead of the engine's ``WouldBlock``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from plugin.errors import CollectionExistsError, CollectionNotFoundError, HSearchError, StoreLockedError
+from plugin.store.base import DISTANCES, Filter, Hit, Record, Store
+
+META_FILE = "collection.json"
+
+
+def _qe():
+    import qdrant_edge
+
+    return qdrant_edge
+
+
+def _distance(qe, name: str):
+    return {"cosine": qe.Distance.Cosine, "dot": qe.Distance.Dot, "euclid": qe.Distance.Euclid}[name]
+
+
+def _edge_filter(qe, f: Filter | None):
+    if f is None:
+        return None
+    must = []
+    if f.leaf_in is not None:
+        must.append(qe.FieldCondition(key="leaf", match=qe.MatchAny(any=[int(x) for x in f.leaf_in])))
+    if f.synsets_any is not None:
+        must.append(qe.FieldCondition(key="synsets", match=qe.MatchAny(any=[str(x) for x in f.synsets_any])))
+    for key, value in f.match:
+        must.append(qe.FieldCondition(key=key, match=qe.MatchValue(value=value)))
+    return qe.Filter(must=must) if must else None
+
+
+class EdgeStore(Store):
+    """A collection stored in a local directory through qdrant-edge.
+
+    ``EdgeStore(path)`` opens an existing collection; ``EdgeStore(path, dim=512)`` opens it or creates
+    it if missing (and checks ``dim``/``distance`` agree when it exists).
+    """
+
+    def __init__(self, path: str | os.PathLike, dim: int | None = None, distance: str = "cosine"):
+        qe = _qe()
+        self.path = Path(path)
+        self.name = self.path.name
+        meta_path = self.path / META_FILE
+        if meta_path.exists():
+            meta = json.loads(meta_path.read_text())
+            if dim is not None and int(dim) != meta["dim"]:
+                raise CollectionExistsError(
+                    f"collection '{self.name}' at {self.path} has dimension {meta['dim']}, not {dim}: "
+                    "use another collection name or the encoder it was built with")
+            if dim is not None and distance != meta["distance"]:
+                raise CollectionExistsError(
+                    f"collection '{self.name}' uses {meta['distance']} distance, not {distance}")
+            self.dim, self.distance = int(meta["dim"]), meta["distance"]
+            self._shard = self._load(qe)
+        elif dim is None:
+            raise CollectionNotFoundError(
+                f"no collection at {self.path}: run `hsearch ingest` first or check --store")
+        else:
+            if distance not in DISTANCES:
+                raise HSearchError(f"unknown distance '{distance}', expected one of {DISTANCES}")
+            if int(dim) < 1:
+                raise HSearchError(f"vector dimension must be >= 1, got {dim}")
+            self.dim, self.distance = int(dim), distance
+            self.path.mkdir(parents=True, exist_ok=True)
+            cfg = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=self.dim, distance=_distance(qe, distance)))
+            self._shard = qe.EdgeShard.create(str(self.path / "shard"), cfg)
+            tmp = meta_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"name": self.name, "dim": self.dim, "distance": distance,
+                                       "created": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+            os.replace(tmp, meta_path)
+            self.ensure_partition_indexes()
+        self._closed = False
+
+    def _load(self, qe):
+        try:
+            return qe.EdgeShard.load(str(self.path / "shard"))
+        except Exception as e:  # the binding raises a bare Exception
+            if "WouldBlock" in str(e):
+                raise StoreLockedError(
+                    f"collection '{self.name}' at {self.path} is already open in another process or "
+                    "object (the embedded engine allows one opener per directory): close it first") from None
+            raise CollectionNotFoundError(f"cannot open collection at {self.path}: {e}") from None
+
+    # ---- primitives ---------------------------------------------------------------------------
+    def _upsert(self, ids, vectors, payloads):
+        qe = _qe()
+        pts = [qe.Point(int(i), v, p) for i, v, p in zip(ids, vectors, payloads)]
+        self._shard.update(qe.UpdateOperation.upsert_points(pts))
+
+    def _delete(self, ids):
+        qe = _qe()
+        if len(ids):
+            self._shard.update(qe.UpdateOperation.delete_points([int(i) for i in ids]))
+
+    def _set_payload(self, ids, payload):
+        qe = _qe()
+        if len(ids):
+            self._shard.update(qe.UpdateOperation.set_payload([int(i) for i in ids], payload))
+
+    def _search_batch(self, vectors, k, filters, exact, hnsw_ef, with_payload):
+        qe = _qe()
+        params = qe.SearchParams(exact=bool(exact), hnsw_ef=hnsw_ef)
+        reqs = [qe.QueryRequest(limit=k, query=qe.Query.Nearest(v.tolist()), filter=_edge_filter(qe, f),
+                                with_payload=with_payload, params=params)
+                for v, f in zip(vectors, filters)]
+        out = self._shard.query_batch(qe.QueryBatchRequest(reqs)) if len(reqs) > 1 else [self._shard.query(reqs[0])]
+        return [[Hit(int(p.id), float(p.score), p.payload or {}) for p in res] for res in out]
+
+    def _retrieve(self, ids, with_vectors):
+        recs = self._shard.retrieve([int(i) for i in ids], True, bool(with_vectors))
+        by_id = {int(r.id): r for r in recs}
+        return [Record(int(i), by_id[int(i)].payload or {},
+                       np.asarray(by_id[int(i)].vector, np.float32) if with_vectors else None)
+                for i in ids if int(i) in by_id]
+
+    def _scroll(self, batch_size, with_vectors, filter, payload_fields):
+        qe = _qe()
+        offset = None
+        with_payload = True if payload_fields is None else list(payload_fields) or False
+        while True:
+            recs, offset = self._shard.scroll(qe.ScrollRequest(
+                offset=offset, limit=batch_size, filter=_edge_filter(qe, filter),
+                with_payload=with_payload, with_vector=with_vectors))
+            if recs:
+                yield [Record(int(r.id), r.payload or {},
+                              np.asarray(r.vector, np.float32) if with_vectors else None) for r in recs]
+            if offset is None:
+                return
+
+    def count(self, filter: Filter | None = None) -> int:
+        qe = _qe()
+        return int(self._shard.count(qe.CountRequest(exact=True, filter=_edge_filter(qe, filter))))
+
+    def create_payload_index(self, field_name: str, kind: str) -> None:
+        qe = _qe()
+        schema = {"integer": qe.PayloadSchemaType.Integer, "keyword": qe.PayloadSchemaType.Keyword}[kind]
+        self._shard.update(qe.UpdateOperation.create_field_index(field_name, schema))
+
+    def payload_indexes(self) -> list[str]:
+        return sorted(self._shard.info().payload_schema.keys())
+
+    def optimize(self) -> None:
+        self._shard.optimize()
+
+    def get_meta(self) -> dict:
+        return json.loads((self.path / META_FILE).read_text()).get("meta", {})
+
+    def update_meta(self, **values) -> None:
+        meta_path = self.path / META_FILE
+        data = json.loads(meta_path.read_text())
+        data.setdefault("meta", {}).update(values)
+        tmp = meta_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, meta_path)
+
+    def flush(self) -> None:
+        self._shard.flush()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._shard.flush()
+            self._shard.close()

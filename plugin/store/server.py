@@ -1,0 +1,144 @@
+"""ServerStore: a Qdrant server reached through ``qdrant-client`` (URL + optional API key).
+
+``location=":memory:"`` (or ``path=...``) gives qdrant-client's local mode, which has the same API as
+the server and is what the tests use for this code path (it is pure NumPy: fine for tests, slow at
+scale; see docs/ARCHITECTURE.md).
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from plugin.errors import CollectionExistsError, CollectionNotFoundError, HSearchError
+from plugin.store.base import DISTANCES, Filter, Hit, Record, Store
+
+
+def _models():
+    from qdrant_client import models
+
+    return models
+
+
+def _client_filter(f: Filter | None):
+    if f is None:
+        return None
+    m = _models()
+    must = []
+    if f.leaf_in is not None:
+        must.append(m.FieldCondition(key="leaf", match=m.MatchAny(any=[int(x) for x in f.leaf_in])))
+    if f.synsets_any is not None:
+        must.append(m.FieldCondition(key="synsets", match=m.MatchAny(any=[str(x) for x in f.synsets_any])))
+    for key, value in f.match:
+        must.append(m.FieldCondition(key=key, match=m.MatchValue(value=value)))
+    return m.Filter(must=must) if must else None
+
+
+class ServerStore(Store):
+    """A collection on a Qdrant server (or in qdrant-client's local mode)."""
+
+    def __init__(self, collection: str, dim: int | None = None, distance: str = "cosine", *,
+                 url: str | None = None, api_key: str | None = None, location: str | None = None,
+                 path: str | None = None, client=None, timeout: int = 60):
+        from qdrant_client import QdrantClient
+
+        m = _models()
+        self.name = collection
+        self._meta: dict = {}
+        self._owns_client = client is None
+        if client is None:
+            if url:
+                client = QdrantClient(url=url, api_key=api_key, timeout=timeout)
+            elif path:
+                client = QdrantClient(path=path)
+            else:
+                client = QdrantClient(location=location or ":memory:")
+        self.client = client
+        try:
+            exists = client.collection_exists(collection)
+        except Exception as e:
+            raise CollectionNotFoundError(f"cannot reach Qdrant at {url or location or path}: {e}") from None
+        if exists:
+            params = client.get_collection(collection).config.params.vectors
+            have_dim = int(params.size)
+            have_dist = {"Cosine": "cosine", "Dot": "dot", "Euclid": "euclid"}[str(params.distance.value)]
+            if dim is not None and int(dim) != have_dim:
+                raise CollectionExistsError(
+                    f"collection '{collection}' has dimension {have_dim}, not {dim}")
+            if dim is not None and distance != have_dist:
+                raise CollectionExistsError(f"collection '{collection}' uses {have_dist} distance, not {distance}")
+            self.dim, self.distance = have_dim, have_dist
+        elif dim is None:
+            raise CollectionNotFoundError(f"collection '{collection}' does not exist on the Qdrant server")
+        else:
+            if distance not in DISTANCES:
+                raise HSearchError(f"unknown distance '{distance}', expected one of {DISTANCES}")
+            self.dim, self.distance = int(dim), distance
+            dist = {"cosine": m.Distance.COSINE, "dot": m.Distance.DOT, "euclid": m.Distance.EUCLID}[distance]
+            client.create_collection(collection, vectors_config=m.VectorParams(size=self.dim, distance=dist))
+            self.ensure_partition_indexes()
+
+    def _upsert(self, ids, vectors, payloads):
+        m = _models()
+        self.client.upsert(self.name, points=m.Batch(ids=[int(i) for i in ids], vectors=vectors.tolist(),
+                                                     payloads=payloads), wait=True)
+
+    def _delete(self, ids):
+        m = _models()
+        if len(ids):
+            self.client.delete(self.name, points_selector=m.PointIdsList(points=[int(i) for i in ids]), wait=True)
+
+    def _set_payload(self, ids, payload):
+        if len(ids):
+            self.client.set_payload(self.name, payload=payload, points=[int(i) for i in ids], wait=True)
+
+    def _search_batch(self, vectors, k, filters, exact, hnsw_ef, with_payload):
+        m = _models()
+        params = m.SearchParams(exact=bool(exact), hnsw_ef=hnsw_ef)
+        reqs = [m.QueryRequest(query=v.tolist(), limit=k, filter=_client_filter(f), params=params,
+                               with_payload=with_payload) for v, f in zip(vectors, filters)]
+        out = self.client.query_batch_points(self.name, requests=reqs)
+        return [[Hit(int(p.id), float(p.score), p.payload or {}) for p in res.points] for res in out]
+
+    def _retrieve(self, ids, with_vectors):
+        recs = self.client.retrieve(self.name, ids=[int(i) for i in ids], with_payload=True,
+                                    with_vectors=bool(with_vectors))
+        by_id = {int(r.id): r for r in recs}
+        return [Record(int(i), by_id[int(i)].payload or {},
+                       np.asarray(by_id[int(i)].vector, np.float32) if with_vectors else None)
+                for i in ids if int(i) in by_id]
+
+    def _scroll(self, batch_size, with_vectors, filter, payload_fields):
+        offset = None
+        with_payload = True if payload_fields is None else list(payload_fields) or False
+        while True:
+            recs, offset = self.client.scroll(self.name, limit=batch_size, offset=offset,
+                                              scroll_filter=_client_filter(filter),
+                                              with_payload=with_payload, with_vectors=with_vectors)
+            if recs:
+                yield [Record(int(r.id), r.payload or {},
+                              np.asarray(r.vector, np.float32) if with_vectors else None) for r in recs]
+            if offset is None:
+                return
+
+    def count(self, filter: Filter | None = None) -> int:
+        return int(self.client.count(self.name, count_filter=_client_filter(filter), exact=True).count)
+
+    def create_payload_index(self, field_name: str, kind: str) -> None:
+        m = _models()
+        schema = {"integer": m.PayloadSchemaType.INTEGER, "keyword": m.PayloadSchemaType.KEYWORD}[kind]
+        self.client.create_payload_index(self.name, field_name=field_name, field_schema=schema, wait=True)
+
+    def get_meta(self) -> dict:
+        # qdrant-client's local mode has no collection metadata: keep it beside the client
+        return dict(self._meta)
+
+    def update_meta(self, **values) -> None:
+        self._meta.update(values)
+
+    def flush(self) -> None:
+        pass  # the server persists on its own; local mode writes on every call
+
+    def close(self) -> None:
+        if self._owns_client:
+            self.client.close()

@@ -1,0 +1,166 @@
+"""One suite, both backends (EdgeStore and ServerStore on qdrant-client's local mode)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from plugin.errors import (BadVectorError, CollectionExistsError, CollectionNotFoundError, EmptyCollectionError,
+                           StoreLockedError)
+from plugin.store import Filter, open_store
+
+
+def _fill(store, vecs, wnids):
+    ids = np.arange(1, len(vecs) + 1)
+    payloads = [{"leaf": int(i % 7), "synsets": [w, "n00001740"], "label": w} for i, w in enumerate(wnids)]
+    store.upsert(ids, vecs, payloads)
+    return ids
+
+
+def _brute(vecs, q, k, mask=None):
+    s = (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)) @ (q / np.linalg.norm(q))
+    if mask is not None:
+        s = np.where(mask, s, -np.inf)
+    return np.argsort(-s, kind="stable")[:k] + 1, np.sort(s)[::-1][:k]
+
+
+def test_upsert_count_retrieve(make_store, fmnist_small):
+    vecs, wnids, _ = fmnist_small
+    s = make_store(vecs.shape[1])
+    ids = _fill(s, vecs, wnids)
+    assert s.count() == len(vecs)
+    recs = s.retrieve([ids[0], 10**12, ids[5]], with_vectors=True)
+    assert [r.id for r in recs] == [ids[0], ids[5]]
+    np.testing.assert_allclose(recs[0].vector, vecs[0], atol=1e-5)  # vectors are unit-norm already
+    assert recs[1].payload["label"] == wnids[5]
+
+
+def test_exact_search_matches_brute_force(make_store, fmnist_small):
+    vecs, wnids, _ = fmnist_small
+    s = make_store(vecs.shape[1])
+    _fill(s, vecs, wnids)
+    for qi in (3, 77, 150):
+        hits = s.search(vecs[qi], k=10, exact=True)
+        want_ids, want_scores = _brute(vecs, vecs[qi], 10)
+        assert [h.id for h in hits][:5] == list(want_ids[:5])
+        np.testing.assert_allclose([h.score for h in hits], want_scores, atol=1e-4)
+
+
+def test_filters_leaf_and_synsets(make_store, fmnist_small):
+    vecs, wnids, _ = fmnist_small
+    s = make_store(vecs.shape[1])
+    _fill(s, vecs, wnids)
+    leaves = np.arange(len(vecs)) % 7
+    hits = s.search(vecs[0], k=20, filter=Filter.of(leaf_in=[2, 5]), exact=True)
+    assert hits and all(h.payload["leaf"] in (2, 5) for h in hits)
+    want, _ = _brute(vecs, vecs[0], 20, mask=np.isin(leaves, [2, 5]))
+    assert [h.id for h in hits][:10] == list(want[:10])
+    boot = "n02872752"
+    hits = s.search(vecs[0], k=50, filter=Filter.of(synsets_any=[boot]), exact=True)
+    assert len(hits) == min(50, wnids.count(boot)) and all(h.payload["label"] == boot for h in hits)
+    assert s.count(Filter.of(synsets_any=[boot])) == wnids.count(boot)
+    assert s.count(Filter.of(leaf_in=[3])) == int((leaves == 3).sum())
+
+
+def test_batch_search_and_per_query_filters(make_store, fmnist_small):
+    vecs, wnids, _ = fmnist_small
+    s = make_store(vecs.shape[1])
+    _fill(s, vecs, wnids)
+    res = s.search_batch(vecs[:3], k=5, filter=[Filter.of(leaf_in=[0]), None, Filter.of(leaf_in=[1])], exact=True)
+    assert len(res) == 3 and all(len(r) == 5 for r in res)
+    assert all(h.payload["leaf"] == 0 for h in res[0]) and all(h.payload["leaf"] == 1 for h in res[2])
+    assert res[1][0].id == 2  # the query itself
+
+
+def test_delete_and_set_payload(make_store, fmnist_small):
+    vecs, wnids, _ = fmnist_small
+    s = make_store(vecs.shape[1])
+    ids = _fill(s, vecs[:50], wnids[:50])
+    s.delete(ids[:10])
+    assert s.count() == 40
+    s.set_payload(ids[10:20], {"leaf": 99})
+    assert s.count(Filter.of(leaf_in=[99])) == 10
+    assert s.retrieve([ids[10]])[0].payload["label"] == wnids[10]  # merge, not overwrite
+
+
+def test_scroll_returns_everything(make_store, fmnist_small):
+    vecs, wnids, _ = fmnist_small
+    s = make_store(vecs.shape[1])
+    ids = _fill(s, vecs, wnids)
+    got_ids, got_vecs, pls = s.all_vectors(payload_fields=["leaf"])
+    assert sorted(got_ids.tolist()) == sorted(ids.tolist())
+    order = np.argsort(got_ids)
+    np.testing.assert_allclose(got_vecs[order], vecs, atol=1e-5)
+    assert set(pls[0]) == {"leaf"}
+
+
+@pytest.mark.parametrize("bad, err", [
+    (np.zeros((2, 7), np.float32), "dimension 7"),
+    (np.full((2, 16), np.nan, np.float32), "NaN"),
+    (np.array([[np.inf] * 16, [0.1] * 16], np.float32), "NaN or inf"),
+    ([["a"] * 16], "numeric"),
+])
+def test_bad_vectors_are_refused_and_nothing_changes(make_store, bad, err):
+    s = make_store(16)
+    good = np.random.default_rng(0).normal(size=(5, 16)).astype(np.float32)
+    s.upsert(range(5), good, [{"leaf": 0}] * 5)
+    with pytest.raises(BadVectorError, match=err):
+        s.upsert([10, 11] if len(bad) == 2 else [10], bad)
+    with pytest.raises(BadVectorError):
+        s.search(bad[0] if len(bad) else bad, k=3)
+    assert s.count() == 5
+    assert s.search(good[0], k=1, exact=True)[0].id == 0
+
+
+def test_empty_collection_search_errors(make_store):
+    s = make_store(8)
+    with pytest.raises(EmptyCollectionError, match="empty"):
+        s.search(np.ones(8, np.float32), k=3)
+
+
+def test_metadata_roundtrip(make_store):
+    s = make_store(8)
+    s.update_meta(encoder="mobilenet_v2", weights="default")
+    assert s.get_meta()["encoder"] == "mobilenet_v2" and s.info()["encoder"] == "mobilenet_v2"
+
+
+def test_missing_collection(tmp_path):
+    with pytest.raises(CollectionNotFoundError, match="no collection"):
+        open_store(tmp_path / "nope")
+    with pytest.raises(CollectionNotFoundError, match="does not exist"):
+        open_store(":memory:", collection="nope")
+
+
+def test_edge_persistence_reopen_and_dim_mismatch(tmp_path, fmnist_small):
+    vecs, wnids, _ = fmnist_small
+    s = open_store(tmp_path / "p", dim=vecs.shape[1])
+    _fill(s, vecs, wnids)
+    s.update_meta(encoder="mobilenet_v2")
+    s.close()
+    s = open_store(tmp_path / "p")
+    assert s.count() == len(vecs) and s.dim == vecs.shape[1] and s.get_meta()["encoder"] == "mobilenet_v2"
+    assert set(s.payload_indexes()) >= {"leaf", "synsets"}
+    assert s.search(vecs[9], k=1, exact=True)[0].id == 10
+    s.close()
+    with pytest.raises(CollectionExistsError, match="dimension"):
+        open_store(tmp_path / "p", dim=512)
+
+
+def test_edge_second_opener_gets_clear_error(tmp_path):
+    s = open_store(tmp_path / "l", dim=4)
+    s.upsert([1], np.ones((1, 4), np.float32))
+    with pytest.raises(StoreLockedError, match="already open"):
+        open_store(tmp_path / "l")
+    assert s.count() == 1
+    s.close()
+    s2 = open_store(tmp_path / "l")
+    assert s2.count() == 1
+    s2.close()
+
+
+def test_edge_hnsw_optimize_keeps_results(tmp_path, fmnist_small):
+    vecs, wnids, _ = fmnist_small
+    s = open_store(tmp_path / "h", dim=vecs.shape[1])
+    _fill(s, vecs, wnids)
+    s.optimize()
+    assert s.search(vecs[4], k=1)[0].id == 5
+    s.close()
