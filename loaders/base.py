@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -60,11 +61,13 @@ def open_image_bytes(data: bytes, max_pixels: int = MAX_PIXELS, draft_size: int 
     if not data:
         raise BadImageError("file is empty")
     try:
-        im = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size ourselves
+            im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise BadImageError("not an image (format not recognised)") from None
     except Exception as e:
-        raise BadImageError(f"cannot open image: {e}") from None
+        raise BadImageError(f"corrupt or truncated image: {e}") from None
     w, h = im.size
     if w * h > max_pixels:
         raise BadImageError(f"image is {w}x{h} = {w * h / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP limit")

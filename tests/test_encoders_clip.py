@@ -78,6 +78,24 @@ def test_clip_missing_file_and_unknown_tag(tmp_path):
         create_encoder("clip:ViT-B-32", pretrained="no_such_tag", device="cpu")
 
 
+def test_clip_tag_download_failure_is_weights_not_found(monkeypatch):
+    import open_clip.factory
+
+    def offline(*a, **k):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", offline)
+    with pytest.raises(WeightsNotFoundError, match="internet"):
+        create_encoder("clip:ViT-B-32", pretrained="laion2b_s34b_b79k", device="cpu")
+
+
+def test_clip_unreadable_checkpoint(tmp_path):
+    p = tmp_path / "junk.pt"
+    p.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsNotFoundError, match="cannot load CLIP checkpoint"):
+        create_encoder("clip:ViT-B-32", pretrained=str(p), device="cpu")
+
+
 # unicom --------------------------------------------------------------------------------------------
 def test_unicom_random_init_vectors(unicom_b32, images):
     assert unicom_b32.dim == 512 and unicom_b32.device == "cpu" and unicom_b32.name == "unicom:ViT-B/32"
@@ -200,7 +218,7 @@ def test_unicom_checkpoint_of_other_arch_is_named(tmp_path):
     size, patch, width, emb, _, heads = UNICOM_ARCHS["ViT-B/16"]
     small = _build_unicom_vit(size, patch, width, emb, 1, heads).to_empty(device="cpu")  # 1 block: fast
     p = tmp_path / "b16.pt"
-    torch.save(small.state_dict(), p)
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in small.state_dict().items()}, p)
     with pytest.raises(WeightsNotFoundError, match=r"shape mismatch.*looks like unicom:ViT-B/16"):
         create_encoder("unicom:ViT-B/32", pretrained=str(p), device="cpu")
 

@@ -51,6 +51,7 @@ unicom:<arch>
 """
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import warnings
@@ -106,13 +107,11 @@ class ClipEncoder(Encoder):
                         f"known tags: {', '.join(tags) or '(none)'}")
 
         kwargs = {"device": "cpu", "cache_dir": cache_dir}
-        import inspect
-
         if "pretrained_text" in inspect.signature(open_clip.create_model_and_transforms).parameters:
             kwargs["pretrained_text"] = False  # never fetch separate HF text-tower weights
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, **kwargs)
-        except (RuntimeError, OSError, ValueError) as e:
+        except Exception as e:  # download errors come in many types (requests, huggingface_hub, OSError ...)
             if pretrained is None:
                 raise
             if kind == "tag":

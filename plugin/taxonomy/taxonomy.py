@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from functools import cached_property
 from typing import Iterable, Sequence
 
@@ -46,9 +47,15 @@ def synsets_of(wnids: Iterable[str]) -> list:
             bad.append(w)
             continue
         try:
-            out.append(wn.synset_from_pos_and_offset("n", int(w[1:])))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # nltk warns and returns None for a missing offset
+                syn = wn.synset_from_pos_and_offset("n", int(w[1:]))
         except Exception:
+            syn = None
+        if syn is None:
             bad.append(w)
+        else:
+            out.append(syn)
     if bad:
         raise UnknownSynsetError(
             f"unknown or malformed WordNet noun id(s): {', '.join(map(repr, bad[:10]))}"
