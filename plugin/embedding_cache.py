@@ -55,7 +55,7 @@ def encoder_cache_key(encoder) -> str:
 
 def encode_items_cached(items_bytes: list[tuple[str, object]], encoder, cache: EmbeddingCache | None,
                         batch_size: int | None = None) -> np.ndarray:
-    """Vectors for ``(content_hash, PIL image or loader)`` pairs, encoding only cache misses."""
+    """Vectors for ``(content_hash, image or image-returning callable)`` pairs, encoding only cache misses."""
     hashes = [h for h, _ in items_bytes]
     found = cache.get_many(hashes) if cache is not None else {}
     todo = [i for i, h in enumerate(hashes) if h not in found]
@@ -64,7 +64,8 @@ def encode_items_cached(items_bytes: list[tuple[str, object]], encoder, cache: E
         if h in found:
             out[i] = found[h]
     if todo:
-        images = [items_bytes[i][1] for i in todo]
+        # an entry is a PIL image or a zero-argument callable returning one (decoded only on a miss)
+        images = [items_bytes[i][1]() if callable(items_bytes[i][1]) else items_bytes[i][1] for i in todo]
         vecs = encoder.encode(images, batch_size=batch_size)
         out[todo] = vecs
         if cache is not None:

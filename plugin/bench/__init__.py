@@ -1,0 +1,1 @@
+"""Benchmarks behind ``hsearch bench ...``: real data, tables printed, JSON records and plots written."""
