@@ -115,19 +115,43 @@ def cmd_search(args) -> int:
         enc = _encoder(args, store) if args.id is None else None
         vec, qlabel, qsource = _query_vector(args, store, enc)
         router = _open_router_if_built(store)
+        params = {}
+        if args.s1 is not None:
+            params["s1"] = args.s1
+        if args.s2 is not None:
+            params["s2"] = args.s2
         if router is not None:
-            hits, stats = router.search(vec, k=args.k, mode=args.mode, return_stats=True)
+            hits = router.search(vec, k=args.k, mode=args.mode, **params)
+            stats = hits.stats
         else:
             if args.mode not in ("exact", "auto"):
                 raise HSearchError(f"mode '{args.mode}' needs a router: run `hsearch build` first")
-            hits, stats = store.search(vec, k=args.k, exact=True), {"mode": "exact"}
+            hits, stats = store.search(vec, k=args.k, exact=True), {"mode": "exact (no router built)"}
     print(f"query: {qsource}" + (f"  [{qlabel}]" if qlabel else ""))
     print(f"{'rank':>4}  {'score':>7}  {'label':<18} {'wnid':<10} source")
     for r, h in enumerate(hits, 1):
         p = h.payload
         print(f"{r:>4}  {h.score:7.4f}  {str(p.get('label')):<18} {str(p.get('wnid')):<10} {p.get('source')}")
-    print("stats: " + json.dumps({k: v for k, v in stats.items() if k != "leaves"}))
+    shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in stats.items() if k != "leaves"}
+    print("stats: " + json.dumps(shown))
     return 0
+
+
+def cmd_build(args) -> int:
+    from plugin.router import Router
+
+    store = open_collection(args)
+    with store:
+        router = Router.build(store, k=args.branching, l=args.levels, max_leaf_size=args.max_leaf_size,
+                              min_leaf_size=args.min_leaf_size, seed=args.seed)
+        print(json.dumps({**router.describe(), **{k: round(v, 2) for k, v in router.build_stats.items()}}))
+    return 0
+
+
+def cmd_bench_hkm(args) -> int:
+    from plugin.bench.hkm import main as bench_main
+
+    return bench_main(args)
 
 
 def cmd_info(args) -> int:
@@ -167,7 +191,33 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--sample", help="LOADER:INDEX, e.g. fashion-mnist:train:17")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--mode", default="auto", help="exact | intensive | relaxed | auto (router modes need `build`)")
+    p.add_argument("--s1", type=float, default=None, help="relaxed search: absolute distance threshold")
+    p.add_argument("--s2", type=float, default=None, help="relaxed search: threshold relative to the best node")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("build", help="build the hierarchical k-means router over a collection")
+    _add_common(p)
+    p.add_argument("-k", "--branching", type=int, default=3, help="children per node (paper: 3)")
+    p.add_argument("-l", "--levels", type=int, default=4, help="tree height incl. the root (paper: 4)")
+    p.add_argument("--max-leaf-size", type=int, default=None, help="split leaves larger than this further")
+    p.add_argument("--min-leaf-size", type=int, default=None, help="fold clusters smaller than this into a sibling")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("bench", help="benchmarks (write JSON records, print tables, save plots)")
+    bsub = p.add_subparsers(dest="bench", required=True)
+    b = bsub.add_parser("hkm", help="hkm-tree-retrieval Table 2 protocol vs exact, faiss IVF and HNSW")
+    b.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | imagenet-sample")
+    b.add_argument("--encoder", default="mobilenet_v2")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--json", default=None, help="write one JSON record per (mode, params) here")
+    b.add_argument("--plot", default=None, help="save the recall@10-vs-ms plot here (PNG)")
+    b.add_argument("--queries", type=int, default=1000, help="number of queries timed")
+    b.add_argument("--limit", type=int, default=None, help="database size cap (default: all)")
+    b.add_argument("--tree", default="3x4,8x3,4x5", help="comma list of KxL trees to build")
+    b.add_argument("--skip-incremental", action="store_true")
+    b.add_argument("--skip-baselines", action="store_true")
+    b.set_defaults(func=cmd_bench_hkm)
 
     p = sub.add_parser("info", help="collection statistics")
     _add_common(p)

@@ -9,6 +9,7 @@ Point ids are unsigned integers below 2**63 (they fit numpy ``int64`` and Qdrant
 from __future__ import annotations
 
 import abc
+import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -183,6 +184,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def state_dir(self) -> "os.PathLike":
+        """A local directory for derived state kept beside the collection (router files)."""
 
     @abc.abstractmethod
     def get_meta(self) -> dict:

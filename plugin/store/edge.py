@@ -160,6 +160,9 @@ class EdgeStore(Store):
     def optimize(self) -> None:
         self._shard.optimize()
 
+    def state_dir(self) -> Path:
+        return self.path
+
     def get_meta(self) -> dict:
         return json.loads((self.path / META_FILE).read_text()).get("meta", {})
 

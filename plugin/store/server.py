@@ -6,6 +6,7 @@ scale; see docs/ARCHITECTURE.md).
 """
 from __future__ import annotations
 
+import os
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -45,6 +46,8 @@ class ServerStore(Store):
         m = _models()
         self.name = collection
         self._meta: dict = {}
+        self._state_dir = None
+        self._where = url or path or location or ":memory:"
         self._owns_client = client is None
         if client is None:
             if url:
@@ -128,6 +131,22 @@ class ServerStore(Store):
         m = _models()
         schema = {"integer": m.PayloadSchemaType.INTEGER, "keyword": m.PayloadSchemaType.KEYWORD}[kind]
         self.client.create_payload_index(self.name, field_name=field_name, field_schema=schema, wait=True)
+
+    def state_dir(self):
+        """``$HSEARCH_HOME/server-state/<server>/<collection>``; a fresh temp dir for ``:memory:``."""
+        if self._state_dir is None:
+            import re
+            import tempfile
+
+            from plugin import config
+
+            if self._where == ":memory:":
+                self._state_dir = tempfile.mkdtemp(prefix=f"hsearch-{self.name}-")
+            else:
+                self._state_dir = str(config.home() / "server-state" / re.sub(r"[^A-Za-z0-9_.-]+", "_", self._where)
+                                      / self.name)
+                os.makedirs(self._state_dir, exist_ok=True)
+        return self._state_dir
 
     def get_meta(self) -> dict:
         # qdrant-client's local mode has no collection metadata: keep it beside the client

@@ -1,0 +1,143 @@
+"""The online step of hkm-tree-retrieval §3.2 as small ``@numba.njit`` kernels over :class:`FlatTree` arrays.
+
+Level by level, the candidates are the children of the nodes kept at the previous level; a selection
+rule keeps some of them; kept leaves are output, kept internal nodes are expanded next. Leaves may sit
+at different depths (balanced splitting, incremental splits), which the paper's fixed-height tree
+never has: a leaf is output at whatever level it is kept.
+
+Selection rules (``d`` = distances of this level's candidates to the query):
+
+* intensive (mode 0): only ``argmin d`` — one path, one leaf.
+* relaxed (mode 1), paper eqs. 2-5: keep ``i`` if ``d_i <= s1`` (absolute) or ``d_i - min d <= s2``
+  (relative to the best node). The best node is always kept.
+* auto (mode 2), eqs. 6-8: sort ``d``, find the largest gap between neighbours, keep everything up to the
+  node before it (``s1`` = that node's distance). One candidate is kept as is.
+
+Only these loops are jitted; building, flattening and scoring stay in Python/NumPy/Qdrant.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+INTENSIVE, RELAXED, AUTO = 0, 1, 2
+
+
+@numba.njit(cache=True, fastmath=True)
+def node_distance(q, centroids, node, metric):
+    """metric 0: 1 - cos (unit centroids, unit query); 1: Euclidean; 2: negative inner product."""
+    acc = 0.0
+    if metric == 1:
+        for j in range(q.shape[0]):
+            t = q[j] - centroids[node, j]
+            acc += t * t
+        return np.sqrt(acc)
+    for j in range(q.shape[0]):
+        acc += q[j] * centroids[node, j]
+    return 1.0 - acc if metric == 0 else -acc
+
+
+@numba.njit(cache=True)
+def select(d, mode, s1, s2, keep):
+    """Fill boolean ``keep`` for candidate distances ``d`` under a selection rule."""
+    n = d.shape[0]
+    best = 0
+    for i in range(1, n):
+        if d[i] < d[best]:
+            best = i
+    for i in range(n):
+        keep[i] = False
+    keep[best] = True
+    if mode == RELAXED:
+        for i in range(n):
+            if d[i] <= s1 or d[i] - d[best] <= s2:
+                keep[i] = True
+    elif mode == AUTO and n > 1:
+        order = np.argsort(d)
+        gap_at, gap = 0, -1.0
+        for j in range(n - 1):
+            g = d[order[j + 1]] - d[order[j]]
+            if g > gap:
+                gap, gap_at = g, j
+        threshold = d[order[gap_at]]
+        for i in range(n):
+            if d[i] <= threshold:
+                keep[i] = True
+
+
+@numba.njit(cache=True)
+def route_one(q, centroids, child_offsets, children, leaf_of_node, metric, mode, s1, s2, out):
+    """Leaf ids chosen for query ``q`` are written to ``out``; returns how many."""
+    n_out = 0
+    if leaf_of_node[0] >= 0:  # a single-leaf tree
+        out[0] = leaf_of_node[0]
+        return 1
+    frontier = np.empty(centroids.shape[0], np.int64)
+    nxt = np.empty(centroids.shape[0], np.int64)
+    frontier[0] = 0
+    n_front = 1
+    cand = np.empty(centroids.shape[0], np.int64)
+    d = np.empty(centroids.shape[0], np.float64)
+    keep = np.empty(centroids.shape[0], np.bool_)
+    while n_front > 0:
+        n_cand = 0
+        for f in range(n_front):
+            node = frontier[f]
+            for e in range(child_offsets[node], child_offsets[node + 1]):
+                c = children[e]
+                cand[n_cand] = c
+                d[n_cand] = node_distance(q, centroids, c, metric)
+                n_cand += 1
+        if n_cand == 0:
+            break
+        select(d[:n_cand], mode, s1, s2, keep[:n_cand])
+        n_next = 0
+        for i in range(n_cand):
+            if keep[i]:
+                c = cand[i]
+                if leaf_of_node[c] >= 0:
+                    out[n_out] = leaf_of_node[c]
+                    n_out += 1
+                elif child_offsets[c + 1] > child_offsets[c]:
+                    nxt[n_next] = c
+                    n_next += 1
+        for i in range(n_next):
+            frontier[i] = nxt[i]
+        n_front = n_next
+    return n_out
+
+
+@numba.njit(cache=True)
+def route_batch(Q, centroids, child_offsets, children, leaf_of_node, metric, mode, s1, s2, max_leaves):
+    """Route every row of ``Q``: returns (leaf ids (B, max_leaves), counts (B,))."""
+    B = Q.shape[0]
+    out = np.full((B, max_leaves), -1, np.int64)
+    counts = np.zeros(B, np.int64)
+    for b in range(B):
+        counts[b] = route_one(Q[b], centroids, child_offsets, children, leaf_of_node, metric, mode, s1, s2, out[b])
+    return out, counts
+
+
+@numba.njit(cache=True)
+def nearest_leaf(q, centroids, child_offsets, children, leaf_of_node, metric):
+    """Greedy descent (one node per level): the leaf a new point is filed under."""
+    node = 0
+    while leaf_of_node[node] < 0:
+        best, best_d = -1, np.inf
+        for e in range(child_offsets[node], child_offsets[node + 1]):
+            c = children[e]
+            dd = node_distance(q, centroids, c, metric)
+            if dd < best_d:
+                best, best_d = c, dd
+        if best < 0:
+            return -1
+        node = best
+    return leaf_of_node[node]
+
+
+@numba.njit(cache=True)
+def nearest_leaf_batch(Q, centroids, child_offsets, children, leaf_of_node, metric):
+    out = np.empty(Q.shape[0], np.int64)
+    for b in range(Q.shape[0]):
+        out[b] = nearest_leaf(Q[b], centroids, child_offsets, children, leaf_of_node, metric)
+    return out

@@ -1,0 +1,224 @@
+"""Incremental ingestion without rebuilds: add, delete, local split / merge, boundary reassignment.
+
+* **add**: each new vector goes down the tree to its nearest leaf (greedy descent, as the build assigned
+  points) and is upserted with that ``leaf``; node sums/counts follow, so centroids track the data.
+* **split** (a leaf past ``split_bound``): re-cluster only that leaf's points with k-means (k children);
+  the leaf becomes an internal node one level deeper. The paper rebuilds; we never do unless asked.
+* **merge** (a leaf under ``merge_bound``): its points go to their nearest other leaves and the node is
+  removed (an internal node left without children is removed too).
+* **boundary reassignment** (SPFresh's LIRE idea): after a split or merge, points of the changed leaves
+  and of the ``NEIGHBOURS`` leaves nearest to them are re-filed under their nearest leaf among that local
+  set, so a boundary that moved does not strand points on the wrong side.
+
+Order of writes: the store first (the truth), then the in-memory tree; ``Router.reconcile`` repairs the
+saved state from the store's ``leaf`` payloads if a crash comes between them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from plugin.errors import HSearchError
+from plugin.router.tree import _split
+from plugin.store.base import Filter, check_ids, check_vectors
+
+NEIGHBOURS = 3
+
+
+def _dist(metric: str, x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """(n, m) distances between rows of x and centroids c, in the router's metric."""
+    if metric == "l2":
+        return np.sqrt(np.maximum(((x[:, None, :] - c[None]) ** 2).sum(-1), 0))
+    if metric == "cosine":
+        c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+        return 1 - x @ c.T
+    return -(x @ c.T)
+
+
+def _points_of(store, lids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, vectors, leaf) of every stored point in the given leaves."""
+    ids, vecs, leaf = [], [], []
+    for page in store.scroll(with_vectors=True, filter=Filter.of(leaf_in=list(lids)), payload_fields=["leaf"]):
+        for r in page:
+            ids.append(r.id)
+            vecs.append(r.vector)
+            leaf.append(r.payload.get("leaf", -1))
+    if not ids:
+        return np.zeros(0, np.int64), np.zeros((0, store.dim), np.float32), np.zeros(0, np.int64)
+    return np.asarray(ids, np.int64), np.vstack(vecs), np.asarray(leaf, np.int64)
+
+
+def _move(router, ids, vecs, old_leaf, new_leaf) -> int:
+    """Re-file points whose leaf changed: store payloads first, then tree sums."""
+    tree, store = router.tree, router.store
+    moved = np.flatnonzero(old_leaf != new_leaf)
+    for lid in np.unique(new_leaf[moved]):
+        sel = moved[new_leaf[moved] == lid]
+        store.set_payload(ids[sel], {"leaf": int(lid)})
+    for i in moved:
+        if int(old_leaf[i]) in tree.leaf_node:
+            tree.add_vectors(tree.leaf_node[int(old_leaf[i])], vecs[i:i + 1], -1)
+        tree.add_vectors(tree.leaf_node[int(new_leaf[i])], vecs[i:i + 1], +1)
+    return len(moved)
+
+
+def _nearest_leaves(tree, centroid: np.ndarray, exclude: set, n: int) -> list[int]:
+    lids = [x for x in tree.leaf_ids().tolist() if x not in exclude]
+    if not lids:
+        return []
+    d = _dist(tree.metric, centroid[None].astype(np.float32), tree.leaf_centroids(lids))[0]
+    return [lids[i] for i in np.argsort(d)[:n]]
+
+
+def reassign_local(router, changed: list[int], extra=None) -> int:
+    """LIRE-style: re-file points of ``changed`` leaves and their nearest neighbour leaves to their nearest
+    leaf among that local set. ``extra`` = (ids, vecs, leaf) already fetched for some of those leaves."""
+    tree = router.tree
+    changed = [x for x in changed if x in tree.leaf_node]
+    if not changed:
+        return 0
+    centre = tree.leaf_centroids(changed).mean(0)
+    neigh = _nearest_leaves(tree, centre, set(changed), NEIGHBOURS)
+    local = changed + neigh
+    ids, vecs, leaf = _points_of(router.store, local)
+    if len(ids) == 0:
+        return 0
+    d = _dist(tree.metric, vecs, tree.leaf_centroids(local))
+    new_leaf = np.asarray(local, np.int64)[np.argmin(d, axis=1)]
+    return _move(router, ids, vecs, leaf, new_leaf)
+
+
+def split_leaf(router, lid: int) -> list[int]:
+    """Re-cluster one leaf into up to k children; returns the new leaf ids ([] if it cannot split)."""
+    tree, store = router.tree, router.store
+    node = tree.leaf_node[lid]
+    ids, vecs, _ = _points_of(store, [lid])
+    if len(ids) < max(tree.k, 2):
+        return []
+    groups = _split(vecs, tree.k, tree.metric, int(router.meta.get("min_leaf_size") or 1),
+                    int(router.meta.get("seed", 0)) + node + len(ids))
+    if len(groups) < 2:
+        return []
+    new_nodes = []
+    for g in groups:
+        child = tree.add_node(node, vecs[g].mean(0), is_leaf=True)
+        new_nodes.append(child)
+        store.set_payload(ids[g], {"leaf": tree.leaf_id[child]})
+        # the parent already counts these points: set the child's own totals without touching ancestors
+        tree.sums[child] = vecs[g].sum(0, dtype=np.float64)
+        tree.counts[child] = len(g)
+    tree.retire_leaf(node)
+    return [tree.leaf_id[c] for c in new_nodes]
+
+
+def merge_leaf(router, lid: int) -> list[int]:
+    """Move a small leaf's points to their nearest other leaves and remove it; returns the receiving leaves."""
+    tree = router.tree
+    node = tree.leaf_node[lid]
+    if tree.parent[node] < 0 or tree.n_leaves < 2:
+        return []
+    ids, vecs, leaf = _points_of(router.store, [lid])
+    targets = _nearest_leaves(tree, tree.centroids[node], {lid}, NEIGHBOURS)
+    if len(ids):
+        d = _dist(tree.metric, vecs, tree.leaf_centroids(targets))
+        new_leaf = np.asarray(targets, np.int64)[np.argmin(d, axis=1)]
+        _move(router, ids, vecs, leaf, new_leaf)
+    tree.retire_leaf(node)
+    _detach(tree, node)
+    return targets
+
+
+def _detach(tree, node: int) -> None:
+    """Remove ``node`` from its parent; remove parents left without children (never the root)."""
+    parent = tree.parent[node]
+    while parent >= 0:
+        tree.children[parent].remove(node)
+        if tree.children[parent] or tree.parent[parent] < 0:
+            return
+        node, parent = parent, tree.parent[parent]
+
+
+def _rebalance(router, touched) -> dict:
+    tree, meta = router.tree, router.meta
+    splits = merges = moved = 0
+    queue = [x for x in dict.fromkeys(int(t) for t in touched)]
+    guard = 0
+    while queue and guard < 10_000:
+        guard += 1
+        lid = queue.pop(0)
+        if lid not in tree.leaf_node:
+            continue
+        count = int(tree.counts[tree.leaf_node[lid]])
+        if count > meta["split_bound"]:
+            new = split_leaf(router, lid)
+            if new:
+                splits += 1
+                moved += reassign_local(router, new)
+                queue.extend(new)
+        elif count < meta["merge_bound"] and tree.n_leaves > 1:
+            targets = merge_leaf(router, lid)
+            if targets:
+                merges += 1
+                queue.extend(targets)
+    return {"splits": splits, "merges": merges, "reassigned": moved}
+
+
+def add_points(router, ids, vectors, payloads=None) -> dict:
+    store, tree = router.store, router.tree
+    vecs = check_vectors(vectors, store.dim)
+    id_arr = check_ids(ids, len(vecs))
+    if payloads is None:
+        payloads = [{} for _ in range(len(vecs))]
+    if len(payloads) != len(vecs):
+        raise HSearchError(f"got {len(payloads)} payloads for {len(vecs)} vectors")
+    q = router.prepare_queries(vecs)
+    lids = router.assign(q)
+    # re-upserting an existing id replaces it: take the old copy out of its leaf first
+    old = store.retrieve(id_arr, with_vectors=True)
+    payloads = [{**p, "leaf": int(l)} for p, l in zip(payloads, lids)]
+    store.upsert(id_arr, q if tree.metric == "cosine" else vecs, payloads)
+    for r in old:
+        lid = int(r.payload.get("leaf", -1))
+        if lid in tree.leaf_node:
+            v = r.vector / max(np.linalg.norm(r.vector), 1e-12) if tree.metric == "cosine" else r.vector
+            tree.add_vectors(tree.leaf_node[lid], v[None], -1)
+    stored = q if tree.metric == "cosine" else vecs
+    for lid in np.unique(lids):
+        tree.add_vectors(tree.leaf_node[int(lid)], stored[lids == lid])
+    stats = _rebalance(router, np.unique(lids))
+    return {"added": len(vecs), "replaced": len(old), **stats}
+
+
+def delete_points(router, ids) -> dict:
+    store, tree = router.store, router.tree
+    recs = store.retrieve(check_ids(ids), with_vectors=True)
+    store.delete([r.id for r in recs])
+    touched = []
+    for r in recs:
+        lid = int(r.payload.get("leaf", -1))
+        if lid in tree.leaf_node:
+            v = r.vector / max(np.linalg.norm(r.vector), 1e-12) if tree.metric == "cosine" else r.vector
+            tree.add_vectors(tree.leaf_node[lid], v[None], -1)
+            touched.append(lid)
+    stats = _rebalance(router, touched)
+    return {"deleted": len(recs), **stats}
+
+
+def reconcile(router) -> dict:
+    """Recount every leaf from the store; re-file points whose leaf is unknown (or -1)."""
+    store, tree = router.store, router.tree
+    ids, vecs, pls = store.all_vectors(payload_fields=["leaf"])
+    leaf = np.asarray([p.get("leaf", -1) for p in pls], np.int64)
+    unknown = np.flatnonzero(~np.isin(leaf, tree.leaf_ids()))
+    if len(unknown):
+        new = router.assign(vecs[unknown])
+        for lid in np.unique(new):
+            store.set_payload(ids[unknown[new == lid]], {"leaf": int(lid)})
+        leaf[unknown] = new
+    tree.sums[:] = 0
+    tree.counts[:] = 0
+    for lid in np.unique(leaf):
+        sel = vecs[leaf == lid]
+        if tree.metric == "cosine":
+            sel = sel / np.maximum(np.linalg.norm(sel, axis=1, keepdims=True), 1e-12)
+        tree.add_vectors(tree.leaf_node[int(lid)], sel)
+    return {"points": len(ids), "refiled": int(len(unknown))}

