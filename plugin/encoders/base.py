@@ -55,7 +55,9 @@ class Encoder:
     dim: int = 0
     #: wnids of the classifier's classes, in logit order (ImageNet models); None if not a classifier.
     classes: list[str] | None = None
-    default_batch_size: int = 32
+    default_batch_size: int = 16
+    #: CNNs run ~2.5x faster on CPU in channels-last layout (measured: MobileNetV2 15 vs 40 ms/image)
+    channels_last: bool = False
 
     def __init__(self, device: str = "auto"):
         self.device = resolve_device(device)
@@ -95,6 +97,8 @@ class Encoder:
         with torch.inference_mode():
             for s in batches:
                 x = torch.stack([self.preprocess(to_rgb(im)) for im in images[s:s + bs]]).to(self.device)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 f, logits = self._forward(x)
                 f = torch.nn.functional.normalize(f.float(), dim=1)
                 feats.append(f.cpu().numpy())

@@ -39,9 +39,13 @@ def _load_state_dict(path: str):
 
 
 class _TorchvisionEncoder(Encoder):
+    channels_last = True
+
     def __init__(self, model, features, pool_dim: int, head, transform, classes, device):
+        import torch
+
         super().__init__(device)
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
         self._features, self._head = features, head
         self.dim, self.preprocess, self.classes = pool_dim, transform, classes
 
