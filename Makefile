@@ -3,27 +3,25 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 COLLECTION ?= fashion-mnist
 
-.PHONY: setup run test bench-hkm clean
-
-## Full benchmark (60k/10k Fashion-MNIST + ImageNet sample); embeddings are cached after the first run.
-bench-hkm: setup
-	$(PY) -m plugin.cli bench hkm --dataset fashion-mnist --json docs/results/hkm-fashion-mnist.json --plot docs/results/hkm-fashion-mnist.png
-	$(PY) -m plugin.cli bench hkm --dataset imagenet-sample --json docs/results/hkm-imagenet-sample.json --plot docs/results/hkm-imagenet-sample.png
-
-setup:
-	@./scripts/setup.sh
+.PHONY: run test setup bench-hkm clean
 
 ## Main job on the embedded default: ingest the Fashion-MNIST test split (10k images) with the offline
 ## MobileNetV2 into an embedded Qdrant (qdrant-edge), build the router, answer a query.
 run: setup
 	$(PY) -m plugin.cli ingest fashion-mnist:test --collection $(COLLECTION)
-	@$(PY) -c "import sys; from plugin.store import open_store; from plugin import config; from plugin.router import Router; \
-	  s = open_store(config.stores_dir(), collection='$(COLLECTION)'); sys.exit(0 if Router.exists(s) else 1)" \
-	  || $(PY) -m plugin.cli build --collection $(COLLECTION) -k 8 -l 3
+	$(PY) -m plugin.cli build --collection $(COLLECTION) -k 8 -l 3 --if-missing
 	$(PY) -m plugin.cli search --collection $(COLLECTION) --sample fashion-mnist:train:0 -k 10
 
 test: setup
 	$(PY) -m pytest -q
+
+setup:
+	@./scripts/setup.sh
+
+## Full benchmark (60k/10k Fashion-MNIST + ImageNet sample); embeddings are cached after the first run.
+bench-hkm: setup
+	$(PY) -m plugin.cli bench hkm --dataset fashion-mnist --json docs/results/hkm-fashion-mnist.json --plot docs/results/hkm-fashion-mnist.png
+	$(PY) -m plugin.cli bench hkm --dataset imagenet-sample --json docs/results/hkm-imagenet-sample.json --plot docs/results/hkm-imagenet-sample.png
 
 clean:
 	rm -rf .venv .pytest_cache

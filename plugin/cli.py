@@ -142,6 +142,9 @@ def cmd_build(args) -> int:
 
     store = open_collection(args)
     with store:
+        if args.if_missing and Router.exists(store):
+            print(json.dumps({"router": "exists", **Router.open(store).describe()}))
+            return 0
         router = Router.build(store, k=args.branching, l=args.levels, max_leaf_size=args.max_leaf_size,
                               min_leaf_size=args.min_leaf_size, seed=args.seed)
         print(json.dumps({**router.describe(), **{k: round(v, 2) for k, v in router.build_stats.items()}}))
@@ -202,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-leaf-size", type=int, default=None, help="split leaves larger than this further")
     p.add_argument("--min-leaf-size", type=int, default=None, help="fold clusters smaller than this into a sibling")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--if-missing", action="store_true", help="do nothing if a router is already built")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("bench", help="benchmarks (write JSON records, print tables, save plots)")
