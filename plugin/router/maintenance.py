@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from plugin.errors import HSearchError
 from plugin.router.tree import _split
-from plugin.store.base import Filter, check_ids, check_vectors
+from plugin.store.base import Filter, check_ids, check_payloads, check_vectors
 
 NEIGHBOURS = 3
 
@@ -166,10 +165,7 @@ def add_points(router, ids, vectors, payloads=None) -> dict:
     store, tree = router.store, router.tree
     vecs = check_vectors(vectors, store.dim)
     id_arr = check_ids(ids, len(vecs))
-    if payloads is None:
-        payloads = [{} for _ in range(len(vecs))]
-    if len(payloads) != len(vecs):
-        raise HSearchError(f"got {len(payloads)} payloads for {len(vecs)} vectors")
+    payloads = check_payloads(payloads, len(vecs))
     q = router.prepare_queries(vecs)
     lids = router.assign(q)
     # re-upserting an existing id replaces it: take the old copy out of its leaf first

@@ -93,6 +93,30 @@ def check_ids(ids, n: int | None = None) -> np.ndarray:
     return arr
 
 
+def check_payloads(payloads, n: int) -> list[dict]:
+    if payloads is None:
+        return [{} for _ in range(n)]
+    if len(payloads) != n:
+        raise HSearchError(f"got {len(payloads)} payloads for {n} vectors")
+    return list(payloads)
+
+
+def translate_filter(m, f: Filter | None):
+    """Our :class:`Filter` in a Qdrant API's terms. qdrant-edge and ``qdrant_client.models`` name the
+    classes and fields alike (``Filter(must=...)``, ``FieldCondition(key, match)``, ``MatchAny``,
+    ``MatchValue``), so ``m`` is either module."""
+    if f is None:
+        return None
+    must = []
+    if f.leaf_in is not None:
+        must.append(m.FieldCondition(key="leaf", match=m.MatchAny(any=[int(x) for x in f.leaf_in])))
+    if f.synsets_any is not None:
+        must.append(m.FieldCondition(key="synsets", match=m.MatchAny(any=[str(x) for x in f.synsets_any])))
+    for key, value in f.match:
+        must.append(m.FieldCondition(key=key, match=m.MatchValue(value=value)))
+    return m.Filter(must=must) if must else None
+
+
 class Store(abc.ABC):
     """A single vector collection: the source of truth for points and payloads."""
 
@@ -105,10 +129,7 @@ class Store(abc.ABC):
         """Insert or replace points. Validates everything first; returns the number written."""
         vecs = check_vectors(vectors, self.dim)
         id_arr = check_ids(ids, len(vecs))
-        if payloads is None:
-            payloads = [{} for _ in range(len(vecs))]
-        if len(payloads) != len(vecs):
-            raise HSearchError(f"got {len(payloads)} payloads for {len(vecs)} vectors")
+        payloads = check_payloads(payloads, len(vecs))
         if len(np.unique(id_arr)) != len(id_arr):
             raise HSearchError("duplicate ids in one upsert batch")
         for s in range(0, len(vecs), batch_size):

@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from plugin.errors import CollectionExistsError, CollectionNotFoundError, HSearchError, StoreLockedError
-from plugin.store.base import DISTANCES, Filter, Hit, Record, Store
+from plugin.store.base import DISTANCES, Filter, Hit, Record, Store, translate_filter
 
 META_FILE = "collection.json"
 
@@ -35,16 +35,7 @@ def _distance(qe, name: str):
 
 
 def _edge_filter(qe, f: Filter | None):
-    if f is None:
-        return None
-    must = []
-    if f.leaf_in is not None:
-        must.append(qe.FieldCondition(key="leaf", match=qe.MatchAny(any=[int(x) for x in f.leaf_in])))
-    if f.synsets_any is not None:
-        must.append(qe.FieldCondition(key="synsets", match=qe.MatchAny(any=[str(x) for x in f.synsets_any])))
-    for key, value in f.match:
-        must.append(qe.FieldCondition(key=key, match=qe.MatchValue(value=value)))
-    return qe.Filter(must=must) if must else None
+    return translate_filter(qe, f)
 
 
 class EdgeStore(Store):

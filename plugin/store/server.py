@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from plugin.errors import CollectionExistsError, CollectionNotFoundError, HSearchError
-from plugin.store.base import DISTANCES, Filter, Hit, Record, Store
+from plugin.store.base import DISTANCES, Filter, Hit, Record, Store, translate_filter
 
 
 def _models():
@@ -22,17 +22,7 @@ def _models():
 
 
 def _client_filter(f: Filter | None):
-    if f is None:
-        return None
-    m = _models()
-    must = []
-    if f.leaf_in is not None:
-        must.append(m.FieldCondition(key="leaf", match=m.MatchAny(any=[int(x) for x in f.leaf_in])))
-    if f.synsets_any is not None:
-        must.append(m.FieldCondition(key="synsets", match=m.MatchAny(any=[str(x) for x in f.synsets_any])))
-    for key, value in f.match:
-        must.append(m.FieldCondition(key=key, match=m.MatchValue(value=value)))
-    return m.Filter(must=must) if must else None
+    return translate_filter(_models(), f)
 
 
 class ServerStore(Store):
