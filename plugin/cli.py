@@ -76,10 +76,8 @@ def cmd_ingest(args) -> int:
 
 
 def _open_router_if_built(store):
-    try:
-        from plugin.router import Router
-    except ImportError:
-        return None
+    from plugin.router import Router
+
     return Router.open(store) if Router.exists(store) else None
 
 
@@ -161,8 +159,6 @@ def cmd_info(args) -> int:
     store = open_collection(args)
     with store:
         info = store.info()
-        from plugin.store import Filter
-
         router = _open_router_if_built(store)
         if router is not None:
             info["router"] = router.describe()
