@@ -162,6 +162,13 @@ def cmd_info(args) -> int:
         router = _open_router_if_built(store)
         if router is not None:
             info["router"] = router.describe()
+            if args.plot_tree:
+                from plugin.router.plot import plot_tree
+
+                plot_tree(router, args.plot_tree)
+                info["router"]["plot"] = args.plot_tree
+        elif args.plot_tree:
+            raise HSearchError("no router to plot: run `hsearch build` first")
     print(json.dumps(info, indent=1, default=str))
     return 0
 
@@ -221,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="collection statistics")
     _add_common(p)
+    p.add_argument("--plot-tree", default=None, metavar="PNG", help="draw the router's tree with leaf labels")
     p.set_defaults(func=cmd_info)
     return ap
 

@@ -105,3 +105,13 @@ def test_bench_hkm_writes_records(capsys, tmp_path):
     assert all(r["n_db"] == 600 and r["n_queries"] == 20 for r in recs)
     assert max(r["recall_at_10"] for r in router) == 1.0  # relaxed with the paper's s1=1 scores everything
     assert out_png.stat().st_size > 10_000
+
+
+def test_info_plots_the_router_tree(capsys, store_dir, tmp_path):
+    assert run(capsys, "ingest", "fashion-mnist:test", "--limit", "90", "--store", store_dir, "--collection", "fm",
+               "-q")[0] == 0
+    code, _, err = run(capsys, "info", "--store", store_dir, "--collection", "fm", "--plot-tree", str(tmp_path / "t.png"))
+    assert code == 2 and "no router" in err
+    assert run(capsys, "build", "--store", store_dir, "--collection", "fm", "-k", "3", "-l", "2")[0] == 0
+    code, out, _ = run(capsys, "info", "--store", store_dir, "--collection", "fm", "--plot-tree", str(tmp_path / "t.png"))
+    assert code == 0 and (tmp_path / "t.png").stat().st_size > 5_000
