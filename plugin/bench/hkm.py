@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-RELAXED_SWEEP = [(0.0, 0.02), (0.0, 0.04), (0.0, 0.06), (0.0, 0.08), (0.0, 0.12), (1.0, 0.16)]
+RELAXED_SWEEP = [(0.0, 0.01), (0.0, 0.02), (0.0, 0.03), (0.0, 0.04), (0.0, 0.06), (0.0, 0.08), (0.0, 0.12), (1.0, 0.16)]
 
 
 def load_dataset(name: str, encoder, limit: int | None, n_queries: int):
