@@ -157,9 +157,11 @@ class Store(abc.ABC):
         filters = list(filter) if isinstance(filter, (list, tuple)) else [filter] * len(vecs)
         if len(filters) != len(vecs):
             raise HSearchError(f"got {len(filters)} filters for {len(vecs)} query vectors")
-        if self.count() == 0:
+        out = self._search_batch(vecs, int(k), filters, exact, hnsw_ef, with_payload)
+        # checked only when nothing came back: an exact count costs as much as a filtered search
+        if not any(out) and self.count() == 0:
             raise EmptyCollectionError(f"collection '{self.name}' is empty: ingest images first")
-        return self._search_batch(vecs, int(k), filters, exact, hnsw_ef, with_payload)
+        return out
 
     def retrieve(self, ids, with_vectors: bool = False) -> list[Record]:
         """Records for the ids that exist (missing ids are left out), in the order asked."""
