@@ -48,8 +48,12 @@ class Router:
     @classmethod
     def build(cls, store, k: int = 3, l: int = 4, metric: str | None = None, max_leaf_size: int | None = None,
               min_leaf_size: int | None = None, split_bound: int | None = None, merge_bound: int | None = None,
-              seed: int = 0, progress: bool = False, save: bool = True) -> "Router":
-        """Cluster every point of ``store`` into a k-means tree and write each point's ``leaf`` payload."""
+              seed: int = 0, save: bool = True, relayout: bool = True) -> "Router":
+        """Cluster every point of ``store`` into a k-means tree and write each point's ``leaf`` payload.
+
+        ``relayout`` rewrites an embedded store sorted by leaf (``Store.cluster_by``), which makes routed
+        searches ~2x faster; points added later are appended and a rebuild re-sorts them.
+        """
         metric = metric or STORE_METRIC[store.distance]
         n = store.count()
         from plugin.router.tree import check_build_params
@@ -85,9 +89,12 @@ class Router:
         for grp in np.split(order, bounds):
             store.set_payload(ids[grp], {"leaf": int(assign[grp[0]])})
         store.flush()
+        t2 = time.perf_counter()
+        if relayout:  # leaf-contiguous storage: routed searches read each leaf sequentially
+            store.cluster_by("leaf")
         store.update_meta(router_id=meta["router_id"])
-        router.build_stats = {"read_s": t_read, "cluster_s": t1 - t0 - t_read,
-                              "payload_s": time.perf_counter() - t1, "total_s": time.perf_counter() - t0}
+        router.build_stats = {"read_s": t_read, "cluster_s": t1 - t0 - t_read, "payload_s": t2 - t1,
+                              "relayout_s": time.perf_counter() - t2, "total_s": time.perf_counter() - t0}
         return router
 
     @classmethod

@@ -202,6 +202,10 @@ class Store(abc.ABC):
     def optimize(self) -> None:
         """Build the engine's ANN index (HNSW) now; a no-op where the backend has none."""
 
+    def cluster_by(self, field: str = "leaf") -> dict:
+        """Store points sorted by ``field`` where the backend lets us (embedded); a no-op elsewhere."""
+        return {"clustered": False}
+
     @abc.abstractmethod
     def flush(self) -> None: ...
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -22,6 +23,10 @@ from plugin.errors import CollectionExistsError, CollectionNotFoundError, HSearc
 from plugin.store.base import DISTANCES, Filter, Hit, Record, Store, translate_filter
 
 META_FILE = "collection.json"
+
+
+def _sort_key(v):
+    return (0, v) if isinstance(v, (int, float)) else (1, str(v))
 
 
 def _qe():
@@ -60,6 +65,7 @@ class EdgeStore(Store):
                 raise CollectionExistsError(
                     f"collection '{self.name}' uses {meta['distance']} distance, not {distance}")
             self.dim, self.distance = int(meta["dim"]), meta["distance"]
+            self._recover_rewrite()
             self._shard = self._load(qe)
         elif dim is None:
             raise CollectionNotFoundError(
@@ -89,6 +95,61 @@ class EdgeStore(Store):
                     f"collection '{self.name}' at {self.path} is already open in another process or "
                     "object (the embedded engine allows one opener per directory): close it first") from None
             raise CollectionNotFoundError(f"cannot open collection at {self.path}: {e}") from None
+
+    # ---- clustered layout ---------------------------------------------------------------------
+    def cluster_by(self, field: str = "leaf", batch_size: int = 2048) -> dict:
+        """Rewrite the shard so points are stored sorted by ``field`` (a leaf's points contiguous).
+
+        Qdrant scores the points of a filtered exact search by random access; measured at 60k x 1280-d,
+        that costs ~1 us a point against ~0.25 us in a sequential scan, and grouping each leaf's points
+        together (like an IVF list) makes routed searches ~2x faster (docs/results/hkm.md). Safe: the
+        new shard is written beside the old one and swapped in by renames; a crash at any point leaves
+        one complete shard, which the next open picks (see ``_recover_rewrite``).
+        """
+        qe = _qe()
+        t0 = time.perf_counter()
+        schema = {name: info.data_type for name, info in self._shard.info().payload_schema.items()}
+        ids, vecs, payloads = [], [], []
+        for page in self.scroll(batch_size=batch_size, with_vectors=True):
+            for r in page:
+                ids.append(r.id)
+                vecs.append(r.vector)
+                payloads.append(r.payload)
+        order = sorted(range(len(ids)), key=lambda i: (_sort_key(payloads[i].get(field)), ids[i]))
+        nxt, prev, done = self.path / "shard.next", self.path / "shard.prev", self.path / "shard.next.complete"
+        shutil.rmtree(nxt, ignore_errors=True)
+        cfg = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=self.dim, distance=_distance(qe, self.distance)))
+        new = qe.EdgeShard.create(str(nxt), cfg)
+        for name, dtype in schema.items():
+            new.update(qe.UpdateOperation.create_field_index(name, dtype))
+        for s in range(0, len(order), batch_size):
+            chunk = order[s:s + batch_size]
+            new.update(qe.UpdateOperation.upsert_points([qe.Point(ids[i], vecs[i], payloads[i]) for i in chunk]))
+        new.flush()
+        new.close()
+        done.touch()
+        self._shard.flush()
+        self._shard.close()
+        os.rename(self.path / "shard", prev)
+        os.rename(nxt, self.path / "shard")
+        done.unlink()
+        shutil.rmtree(prev, ignore_errors=True)
+        self._shard = self._load(qe)
+        return {"points": len(ids), "seconds": time.perf_counter() - t0}
+
+    def _recover_rewrite(self) -> None:
+        """Finish or roll back a ``cluster_by`` that a crash interrupted."""
+        shard, nxt = self.path / "shard", self.path / "shard.next"
+        prev, done = self.path / "shard.prev", self.path / "shard.next.complete"
+        if not shard.exists():
+            if nxt.exists() and done.exists():
+                os.rename(nxt, shard)
+            elif prev.exists():
+                os.rename(prev, shard)
+        done.unlink(missing_ok=True)
+        for leftover in (nxt, prev):
+            if leftover.exists() and shard.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
 
     # ---- primitives ---------------------------------------------------------------------------
     def _upsert(self, ids, vectors, payloads):
