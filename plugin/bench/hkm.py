@@ -236,27 +236,49 @@ def _row(r: dict) -> str:
 
 
 def plot(records: list[dict], path: str, title: str) -> None:
+    """recall@10 vs ms per query: one line per parameter sweep (relaxed s2, IVF nprobe, HNSW ef),
+    single markers for intensive / auto / exact."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    groups: dict = {}
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    lines: dict = {}
+    trees = sorted({(r["k"], r["l"]) for r in records if r.get("method") == "hkm-router"})
+    tree_color = {t: f"C{i}" for i, t in enumerate(trees)}
     for r in records:
-        if "recall_at_10" not in r or r["method"] == "incremental":
+        if r.get("method") == "incremental" or "recall_at_10" not in r:
             continue
-        key = r["method"] if r["method"] != "hkm-router" else f"router k={r['k']} l={r['l']}"
-        groups.setdefault(key, []).append(r)
-    for key, rs in groups.items():
-        rs = sorted(rs, key=lambda r: r["ms_per_query"])
-        ax.plot([r["ms_per_query"] for r in rs], [r["recall_at_10"] for r in rs], "o-", label=key, ms=4)
+        if r["method"] == "hkm-router":
+            key = f"router k={r['k']} l={r['l']} relaxed (s2 sweep)" if r["mode"] == "relaxed" else None
+            if key is None:
+                marker = {"intensive": "s", "auto": "^"}[r["mode"]]
+                ax.scatter(r["ms_per_query"], r["recall_at_10"], marker=marker, s=40, zorder=3,
+                           color=tree_color[(r["k"], r["l"])], edgecolors="k")
+                continue
+        elif r["method"] == "faiss IVF-Flat":
+            key = f"faiss IVF-Flat nlist={r['nlist']} (nprobe sweep)"
+        elif r["method"] == "qdrant-edge HNSW":
+            key = "qdrant-edge HNSW (ef sweep)"
+        else:
+            ax.scatter(r["ms_per_query"], r["recall_at_10"], marker="*", s=120, zorder=3, label=r["method"])
+            continue
+        lines.setdefault(key, []).append(r)
+    others = iter(f"C{i}" for i in range(len(trees), 20))
+    for key, rs in sorted(lines.items()):
+        rs = sorted(rs, key=lambda r: r["operands_frac"] if r["method"] != "qdrant-edge HNSW" else r["hnsw_ef"])
+        style = "o-" if key.startswith("router") else ("d--" if "IVF" in key else "v:")
+        color = tree_color[(rs[0]["k"], rs[0]["l"])] if key.startswith("router") else next(others)
+        ax.plot([r["ms_per_query"] for r in rs], [r["recall_at_10"] for r in rs], style, label=key, ms=4, color=color)
+    ax.scatter([], [], marker="s", color="0.5", edgecolors="k", label="router intensive")
+    ax.scatter([], [], marker="^", color="0.5", edgecolors="k", label="router auto")
     ax.set_xscale("log")
-    ax.set_xlabel("ms per query (one at a time, this machine)")
-    ax.set_ylabel("recall@10 vs exact top-10")
+    ax.set_xlabel("ms per query (one query at a time, 2-core CPU)")
+    ax.set_ylabel("recall@10 against exact top-10")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
