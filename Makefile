@@ -20,8 +20,8 @@ setup:
 
 ## Full benchmark (60k/10k Fashion-MNIST + ImageNet sample); embeddings are cached after the first run.
 bench-hkm: setup
-	$(PY) -m plugin.cli bench hkm --dataset fashion-mnist --json docs/results/hkm-fashion-mnist.json --plot docs/results/hkm-fashion-mnist.png
-	$(PY) -m plugin.cli bench hkm --dataset imagenet-sample --json docs/results/hkm-imagenet-sample.json --plot docs/results/hkm-imagenet-sample.png
+	$(PY) -m plugin.cli bench hkm --dataset fashion-mnist --json docs/results/hkm-fashion-mnist.json --plot docs/results/hkm-fashion-mnist.png --md docs/results/hkm-fashion-mnist.md
+	$(PY) -m plugin.cli bench hkm --dataset imagenet-sample --json docs/results/hkm-imagenet-sample.json --plot docs/results/hkm-imagenet-sample.png --md docs/results/hkm-imagenet-sample.md
 
 clean:
 	rm -rf .venv .pytest_cache

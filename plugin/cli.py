@@ -219,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto")
     b.add_argument("--json", default=None, help="write one JSON record per (mode, params) here")
     b.add_argument("--plot", default=None, help="save the recall@10-vs-ms plot here (PNG)")
+    b.add_argument("--md", default=None, help="write the tables as markdown here")
     b.add_argument("--queries", type=int, default=1000, help="number of queries timed")
     b.add_argument("--limit", type=int, default=None, help="database size cap (default: all)")
     b.add_argument("--tree", default="3x4,8x3,16x3,4x5", help="comma list of KxL trees to build")

@@ -284,6 +284,36 @@ def plot(records: list[dict], path: str, title: str) -> None:
     plt.close(fig)
 
 
+def markdown(records: list[dict]) -> str:
+    """The records as markdown tables (search, then incremental), for docs/results."""
+    r0 = records[0]
+    out = [f"### {r0['dataset']}: {r0['n_db']} database vectors, {r0['n_queries']} queries, {r0['encoder']}", "",
+           "| method | mode | k | l | s1 | s2 | R@1 | retention | R@10 | operands | ms/query | route % | speedup |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    f = lambda v, fmt: "" if v is None else format(v, fmt)  # noqa: E731
+    for r in records:
+        if r.get("method") == "incremental":
+            continue
+        route = 100 * r["route_ms"] / r["ms_per_query"] if r.get("route_ms") else 0.0
+        out.append(f"| {r['method']} | {r['mode']} | {f(r['k'], 'd')} | {f(r['l'], 'd')} | {f(r['s1'], 'g')} | "
+                   f"{f(r['s2'], 'g')} | {r['recall_at_1']:.4f} | {100 * r['retention']:.2f}% | "
+                   f"{r['recall_at_10']:.4f} | {100 * r['operands_frac']:.2f}% | {r['ms_per_query']:.3f} | "
+                   f"{route:.1f} | {r['speedup']:.2f}x |")
+    inc = [r for r in records if r.get("method") == "incremental"]
+    if inc:
+        out += ["", "| incremental scenario | k | l | mode | added | add s | rebuild s (w/o relayout) | time ratio "
+                "(w/o relayout) | R@10 incremental | R@10 rebuild | gap | splits | reassigned | leaves inc / rebuild |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in inc:
+            out.append(f"| {r['scenario']} | {r['k']} | {r['l']} | {r['mode']} {r.get('s2', '')} | {r['n_added']} "
+                       f"to {r['n_initial']} | {r['add_s']:.2f} | {r['rebuild_s']:.2f} "
+                       f"({r['rebuild_without_relayout_s']:.2f}) | {r['time_ratio']:.1%} "
+                       f"({r['time_ratio_without_relayout']:.1%}) | {r['recall_at_10_incremental']:.4f} | "
+                       f"{r['recall_at_10_rebuild']:.4f} | {r['recall_gap']:+.4f} | {r['splits']} | "
+                       f"{r['reassigned']} | {r['leaves_after_add']} / {r['leaves_rebuild']} |")
+    return "\n".join(out) + "\n"
+
+
 def main(args) -> int:
     trees = tuple(tuple(int(x) for x in t.lower().split("x")) for t in args.tree.split(","))
     records = run(args.dataset, args.encoder, args.device, args.queries, args.limit, trees,
@@ -291,6 +321,9 @@ def main(args) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    if args.md:
+        Path(args.md).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.md).write_text(markdown(records))
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot(records, args.plot, f"{args.dataset}: {records[0]['n_db']} db / {records[0]['n_queries']} queries")
