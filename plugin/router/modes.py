@@ -11,8 +11,10 @@ from plugin.router import kernels
 
 MODES: dict = {}
 
-#: relaxed-search defaults, chosen on Fashion-MNIST/MobileNetV2 (docs/results/hkm.md): the paper's
-#: s1 = 1, s2 = 0.16 were tuned for its distance scale and would select every node under cosine distance.
+#: relaxed-search defaults, chosen on Fashion-MNIST 60k / MobileNetV2 (docs/results/hkm-fashion-mnist.md):
+#: s2 = 0.04 keeps >= 99.7% of exact Recall@1 and recall@10 >= 0.96 on 3-11% of the points for every
+#: tree tried. The paper's s1 = 1, s2 = 0.16 were tuned for its own distance scale: under cosine
+#: distance s1 = 1 keeps every node (measured: 100% of points scored). s1 = 0 switches eq. 2 off.
 RELAXED_DEFAULTS = {"s1": 0.0, "s2": 0.04}
 
 
