@@ -177,7 +177,7 @@ def _incremental(dbv, dbl, qv, exact_hits, trees, dim, workdir, base, records, l
     new_labels = labels[-max(1, int(round(len(labels) / 6))):]  # the last sixth of the classes is "new"
     drift = np.isin(dbl, new_labels)
     scenarios = {"random +20%": (order[:n0], order[n0:]),
-                 f"{len(new_labels)} new classes +{drift.sum() / (~drift).sum():.0%}":
+                 f"{len(new_labels)} new labels +{drift.sum() / (~drift).sum():.0%}":
                      (np.flatnonzero(~drift), np.flatnonzero(drift))}
     modes = [("auto", {}), ("relaxed", {"s1": 0.0, "s2": 0.06})]
     for si, (scenario, (ids0, ids1)) in enumerate(scenarios.items()):
