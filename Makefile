@@ -10,7 +10,7 @@ COLLECTION ?= fashion-mnist
 run: setup
 	$(PY) -m plugin.cli ingest fashion-mnist:test --collection $(COLLECTION)
 	$(PY) -m plugin.cli build --collection $(COLLECTION) -k 8 -l 3 --if-missing
-	$(PY) -m plugin.cli search --collection $(COLLECTION) --sample fashion-mnist:train:0 -k 10
+	$(PY) -m plugin.cli search --collection $(COLLECTION) --sample fashion-mnist:train:0 -k 10 --mode relaxed
 
 test: setup
 	$(PY) -m pytest -q
