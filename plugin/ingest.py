@@ -19,7 +19,7 @@ import numpy as np
 
 from loaders.base import Item, content_hash
 from plugin.embedding_cache import EmbeddingCache, encode_items_cached, encoder_cache_key
-from plugin.errors import BadImageError, CollectionExistsError, HSearchError, UnknownSynsetError
+from plugin.errors import BadImageError, CollectionExistsError, UnknownSynsetError
 
 log = logging.getLogger("hsearch.ingest")
 

@@ -5,7 +5,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 _HOME = Path(os.environ.get("HSEARCH_TEST_HOME") or tempfile.mkdtemp(prefix="hsearch-test-"))

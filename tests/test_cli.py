@@ -1,7 +1,6 @@
 """The hsearch CLI end to end on real images, and its refusals (exit status 2, nothing changed)."""
 from __future__ import annotations
 
-import io
 
 import pytest
 from PIL import Image

@@ -255,3 +255,14 @@ def test_router_file_from_another_collection(tmp_path, fmnist_small):
         Router.open(b)
     a.close()
     b.close()
+
+
+def test_search_after_everything_deleted(make_store, fmnist_small):
+    vecs, _, _ = fmnist_small
+    s = make_store(vecs.shape[1])
+    s.upsert(np.arange(60), vecs[:60])
+    r = Router.build(s, k=2, l=2)
+    r.delete(np.arange(60))
+    assert s.count() == 0 and r.tree.counts[0] == 0
+    with pytest.raises(EmptyCollectionError, match="empty"):
+        r.search(vecs[0], k=3)

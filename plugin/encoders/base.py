@@ -7,7 +7,7 @@ handling, progress and normalisation live here once.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 

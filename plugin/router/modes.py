@@ -4,7 +4,6 @@ looks it up; a new method is a new function here, not a branch in router.py.
 """
 from __future__ import annotations
 
-import numpy as np
 
 from plugin.errors import RouterError
 from plugin.router import kernels

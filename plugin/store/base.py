@@ -62,6 +62,11 @@ class Record:
     vector: np.ndarray | None = None
 
 
+def to_record(r, with_vectors: bool) -> Record:
+    """An engine record (qdrant-edge or qdrant-client: same attribute names) as our :class:`Record`."""
+    return Record(int(r.id), r.payload or {}, np.asarray(r.vector, np.float32) if with_vectors else None)
+
+
 def check_vectors(vectors, dim: int) -> np.ndarray:
     """Return ``vectors`` as a C-contiguous float32 (N, dim) array or raise :class:`BadVectorError`."""
     try:
@@ -250,6 +255,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def _retrieve(self, ids: np.ndarray, with_vectors: bool) -> list[Record]: ...
 
-    @abc.abstractmethod
     def _scroll(self, batch_size: int, with_vectors: bool, filter: Filter | None,
-                payload_fields: Sequence[str] | None) -> Iterator[list[Record]]: ...
+                payload_fields: Sequence[str] | None) -> Iterator[list[Record]]:
+        offset = None
+        with_payload = True if payload_fields is None else list(payload_fields) or False
+        while True:
+            recs, offset = self._scroll_page(offset, batch_size, filter, with_payload, with_vectors)
+            if recs:
+                yield [to_record(r, with_vectors) for r in recs]
+            if offset is None:
+                return
+
+    @abc.abstractmethod
+    def _scroll_page(self, offset, limit: int, filter: Filter | None, with_payload, with_vectors: bool):
+        """One page of the engine's scroll: (engine records, next offset or None)."""

@@ -15,12 +15,10 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
 
-import numpy as np
 
 from plugin.errors import CollectionExistsError, CollectionNotFoundError, HSearchError, StoreLockedError
-from plugin.store.base import DISTANCES, Filter, Hit, Record, Store, translate_filter
+from plugin.store.base import DISTANCES, Filter, Hit, Store, to_record, translate_filter
 
 META_FILE = "collection.json"
 
@@ -179,23 +177,12 @@ class EdgeStore(Store):
     def _retrieve(self, ids, with_vectors):
         recs = self._shard.retrieve([int(i) for i in ids], True, bool(with_vectors))
         by_id = {int(r.id): r for r in recs}
-        return [Record(int(i), by_id[int(i)].payload or {},
-                       np.asarray(by_id[int(i)].vector, np.float32) if with_vectors else None)
-                for i in ids if int(i) in by_id]
+        return [to_record(by_id[int(i)], with_vectors) for i in ids if int(i) in by_id]
 
-    def _scroll(self, batch_size, with_vectors, filter, payload_fields):
+    def _scroll_page(self, offset, limit, filter, with_payload, with_vectors):
         qe = _qe()
-        offset = None
-        with_payload = True if payload_fields is None else list(payload_fields) or False
-        while True:
-            recs, offset = self._shard.scroll(qe.ScrollRequest(
-                offset=offset, limit=batch_size, filter=_edge_filter(qe, filter),
-                with_payload=with_payload, with_vector=with_vectors))
-            if recs:
-                yield [Record(int(r.id), r.payload or {},
-                              np.asarray(r.vector, np.float32) if with_vectors else None) for r in recs]
-            if offset is None:
-                return
+        return self._shard.scroll(qe.ScrollRequest(offset=offset, limit=limit, filter=_edge_filter(qe, filter),
+                                                   with_payload=with_payload, with_vector=with_vectors))
 
     def count(self, filter: Filter | None = None) -> int:
         qe = _qe()

@@ -7,12 +7,10 @@ scale; see docs/ARCHITECTURE.md).
 from __future__ import annotations
 
 import os
-from typing import Iterator, Sequence
 
-import numpy as np
 
 from plugin.errors import CollectionExistsError, CollectionNotFoundError, HSearchError
-from plugin.store.base import DISTANCES, Filter, Hit, Record, Store, translate_filter
+from plugin.store.base import DISTANCES, Filter, Hit, Store, to_record, translate_filter
 
 
 def _models():
@@ -97,22 +95,11 @@ class ServerStore(Store):
         recs = self.client.retrieve(self.name, ids=[int(i) for i in ids], with_payload=True,
                                     with_vectors=bool(with_vectors))
         by_id = {int(r.id): r for r in recs}
-        return [Record(int(i), by_id[int(i)].payload or {},
-                       np.asarray(by_id[int(i)].vector, np.float32) if with_vectors else None)
-                for i in ids if int(i) in by_id]
+        return [to_record(by_id[int(i)], with_vectors) for i in ids if int(i) in by_id]
 
-    def _scroll(self, batch_size, with_vectors, filter, payload_fields):
-        offset = None
-        with_payload = True if payload_fields is None else list(payload_fields) or False
-        while True:
-            recs, offset = self.client.scroll(self.name, limit=batch_size, offset=offset,
-                                              scroll_filter=_client_filter(filter),
-                                              with_payload=with_payload, with_vectors=with_vectors)
-            if recs:
-                yield [Record(int(r.id), r.payload or {},
-                              np.asarray(r.vector, np.float32) if with_vectors else None) for r in recs]
-            if offset is None:
-                return
+    def _scroll_page(self, offset, limit, filter, with_payload, with_vectors):
+        return self.client.scroll(self.name, limit=limit, offset=offset, scroll_filter=_client_filter(filter),
+                                  with_payload=with_payload, with_vectors=with_vectors)
 
     def count(self, filter: Filter | None = None) -> int:
         return int(self.client.count(self.name, count_filter=_client_filter(filter), exact=True).count)
