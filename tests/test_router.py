@@ -266,3 +266,19 @@ def test_search_after_everything_deleted(make_store, fmnist_small):
     assert s.count() == 0 and r.tree.counts[0] == 0
     with pytest.raises(EmptyCollectionError, match="empty"):
         r.search(vecs[0], k=3)
+
+
+def test_router_reopens_on_the_server_backend(tmp_path, monkeypatch, fmnist_small):
+    """The server code path (qdrant-client on-disk local mode): build, close, reopen from a new client."""
+    from plugin.store.server import ServerStore
+
+    monkeypatch.setenv("HSEARCH_HOME", str(tmp_path / "home"))
+    vecs, _, _ = fmnist_small
+    s = ServerStore("c", vecs.shape[1], path=str(tmp_path / "qd"))
+    s.upsert(np.arange(120), vecs[:120])
+    want = [h.id for h in Router.build(s, k=2, l=3).search(vecs[5], k=5, mode="relaxed")]
+    s.close()
+    s2 = ServerStore("c", path=str(tmp_path / "qd"))
+    assert Router.exists(s2)
+    assert [h.id for h in Router.open(s2).search(vecs[5], k=5, mode="relaxed")] == want
+    s2.close()

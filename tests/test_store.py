@@ -202,3 +202,17 @@ def test_edge_cluster_by_crash_recovery(tmp_path, fmnist_small, stage):
     assert s.count() == 40 and s.search(vecs[0], k=1, exact=True)[0].id == 1
     s.close()
     assert sorted(p.name for p in path.iterdir()) == ["collection.json", "shard"]
+
+
+def test_server_store_metadata_persists_beside_its_state(tmp_path, monkeypatch):
+    """qdrant-client's on-disk local mode stands in for a server: metadata survives a new client."""
+    from plugin.store.server import ServerStore
+
+    monkeypatch.setenv("HSEARCH_HOME", str(tmp_path / "home"))
+    s = ServerStore("c", 4, path=str(tmp_path / "qd"))
+    s.upsert([1], np.ones((1, 4), np.float32))
+    s.update_meta(encoder="mobilenet_v2", router_id="abc")
+    s.close()
+    s2 = ServerStore("c", path=str(tmp_path / "qd"))
+    assert s2.get_meta() == {"encoder": "mobilenet_v2", "router_id": "abc"} and s2.count() == 1
+    s2.close()

@@ -6,6 +6,7 @@ scale; see docs/ARCHITECTURE.md).
 """
 from __future__ import annotations
 
+import json
 import os
 
 
@@ -125,12 +126,27 @@ class ServerStore(Store):
                 os.makedirs(self._state_dir, exist_ok=True)
         return self._state_dir
 
+    def _meta_file(self):
+        return None if self._where == ":memory:" else os.path.join(self.state_dir(), "meta.json")
+
     def get_meta(self) -> dict:
-        # qdrant-client's local mode has no collection metadata: keep it beside the client
+        """Kept in ``meta.json`` in :meth:`state_dir` (qdrant-client's local mode has no collection metadata,
+        and the router state lives there too); in memory for ``:memory:``."""
+        path = self._meta_file()
+        if path and os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)
         return dict(self._meta)
 
     def update_meta(self, **values) -> None:
-        self._meta.update(values)
+        meta = {**self.get_meta(), **values}
+        self._meta = meta
+        path = self._meta_file()
+        if path:
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(meta, f)
+            os.replace(tmp, path)
 
     def flush(self) -> None:
         pass  # the server persists on its own; local mode writes on every call
