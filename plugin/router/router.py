@@ -23,7 +23,7 @@ from plugin.router import maintenance
 from plugin.router.kernels import nearest_leaf_batch
 from plugin.router.modes import get_mode
 from plugin.router.state import load_state, save_state, state_path
-from plugin.router.tree import Tree, build_tree
+from plugin.router.tree import Tree, build_tree, check_build_params
 from plugin.store.base import Filter, check_vectors
 
 STORE_METRIC = {"cosine": "cosine", "euclid": "l2", "dot": "dot"}
@@ -56,8 +56,6 @@ class Router:
         """
         metric = metric or STORE_METRIC[store.distance]
         n = store.count()
-        from plugin.router.tree import check_build_params
-
         check_build_params(n, k, l, metric, max_leaf_size, min_leaf_size)
         t0 = time.perf_counter()
         ids, vecs, _ = store.all_vectors()
