@@ -35,15 +35,8 @@ def _dist(metric: str, x: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 def _points_of(store, lids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, vectors, leaf) of every stored point in the given leaves."""
-    ids, vecs, leaf = [], [], []
-    for page in store.scroll(with_vectors=True, filter=Filter.of(leaf_in=list(lids)), payload_fields=["leaf"]):
-        for r in page:
-            ids.append(r.id)
-            vecs.append(r.vector)
-            leaf.append(r.payload.get("leaf", -1))
-    if not ids:
-        return np.zeros(0, np.int64), np.zeros((0, store.dim), np.float32), np.zeros(0, np.int64)
-    return np.asarray(ids, np.int64), np.vstack(vecs), np.asarray(leaf, np.int64)
+    ids, vecs, pls = store.all_vectors(payload_fields=["leaf"], filter=Filter.of(leaf_in=list(lids)))
+    return ids, vecs, np.asarray([p.get("leaf", -1) for p in pls], np.int64)
 
 
 def _move(router, ids, vecs, old_leaf, new_leaf) -> int:

@@ -180,10 +180,13 @@ class Store(abc.ABC):
         """Iterate over all points (optionally filtered) in pages."""
         yield from self._scroll(batch_size, with_vectors, filter, payload_fields)
 
-    def all_vectors(self, payload_fields: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-        """(ids, vectors, payloads-with-``payload_fields``) of every point, in scroll order."""
+    def all_vectors(self, payload_fields: Sequence[str] | None = (), filter: Filter | None = None,
+                    batch_size: int = 2048) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+        """(ids, vectors, payloads) of every point passing ``filter``, in scroll order; payloads hold
+        ``payload_fields`` (None: the whole payload)."""
         ids, vecs, pls = [], [], []
-        for page in self.scroll(with_vectors=True, payload_fields=list(payload_fields)):
+        fields = None if payload_fields is None else list(payload_fields)
+        for page in self.scroll(batch_size=batch_size, with_vectors=True, filter=filter, payload_fields=fields):
             for r in page:
                 ids.append(r.id)
                 vecs.append(r.vector)

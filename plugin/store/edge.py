@@ -107,12 +107,7 @@ class EdgeStore(Store):
         qe = _qe()
         t0 = time.perf_counter()
         schema = {name: info.data_type for name, info in self._shard.info().payload_schema.items()}
-        ids, vecs, payloads = [], [], []
-        for page in self.scroll(batch_size=batch_size, with_vectors=True):
-            for r in page:
-                ids.append(r.id)
-                vecs.append(r.vector)
-                payloads.append(r.payload)
+        ids, vecs, payloads = self.all_vectors(payload_fields=None, batch_size=batch_size)
         order = sorted(range(len(ids)), key=lambda i: (_sort_key(payloads[i].get(field)), ids[i]))
         nxt, prev, done = self.path / "shard.next", self.path / "shard.prev", self.path / "shard.next.complete"
         shutil.rmtree(nxt, ignore_errors=True)
@@ -122,7 +117,7 @@ class EdgeStore(Store):
             new.update(qe.UpdateOperation.create_field_index(name, dtype))
         for s in range(0, len(order), batch_size):
             chunk = order[s:s + batch_size]
-            new.update(qe.UpdateOperation.upsert_points([qe.Point(ids[i], vecs[i], payloads[i]) for i in chunk]))
+            new.update(qe.UpdateOperation.upsert_points([qe.Point(int(ids[i]), vecs[i], payloads[i]) for i in chunk]))
         new.flush()
         new.close()
         done.touch()
