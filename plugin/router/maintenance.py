@@ -61,9 +61,9 @@ def _nearest_leaves(tree, centroid: np.ndarray, exclude: set, n: int) -> list[in
     return [lids[i] for i in np.argsort(d)[:n]]
 
 
-def reassign_local(router, changed: list[int], extra=None) -> int:
+def reassign_local(router, changed: list[int]) -> int:
     """LIRE-style: re-file points of ``changed`` leaves and their nearest neighbour leaves to their nearest
-    leaf among that local set. ``extra`` = (ids, vecs, leaf) already fetched for some of those leaves."""
+    leaf among that local set."""
     tree = router.tree
     changed = [x for x in changed if x in tree.leaf_node]
     if not changed:
@@ -154,23 +154,36 @@ def _rebalance(router, touched) -> dict:
     return {"splits": splits, "merges": merges, "reassigned": moved}
 
 
+def _as_stored(tree, vecs: np.ndarray) -> np.ndarray:
+    """Vectors as the tree sums them: unit rows under cosine (what the engine stores), as given otherwise."""
+    if tree.metric != "cosine":
+        return vecs
+    return vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+
+
+def _take_out(tree, records) -> list[int]:
+    """Subtract stored records from their leaves' sums/counts; returns the leaves touched."""
+    touched = []
+    for r in records:
+        lid = int(r.payload.get("leaf", -1))
+        if lid in tree.leaf_node:
+            tree.add_vectors(tree.leaf_node[lid], _as_stored(tree, r.vector[None]), -1)
+            touched.append(lid)
+    return touched
+
+
 def add_points(router, ids, vectors, payloads=None) -> dict:
     store, tree = router.store, router.tree
     vecs = check_vectors(vectors, store.dim)
     id_arr = check_ids(ids, len(vecs))
     payloads = check_payloads(payloads, len(vecs))
-    q = router.prepare_queries(vecs)
-    lids = router.assign(q)
+    stored = _as_stored(tree, vecs)
+    lids = router.assign(stored)
     # re-upserting an existing id replaces it: take the old copy out of its leaf first
     old = store.retrieve(id_arr, with_vectors=True)
     payloads = [{**p, "leaf": int(l)} for p, l in zip(payloads, lids)]
-    store.upsert(id_arr, q if tree.metric == "cosine" else vecs, payloads)
-    for r in old:
-        lid = int(r.payload.get("leaf", -1))
-        if lid in tree.leaf_node:
-            v = r.vector / max(np.linalg.norm(r.vector), 1e-12) if tree.metric == "cosine" else r.vector
-            tree.add_vectors(tree.leaf_node[lid], v[None], -1)
-    stored = q if tree.metric == "cosine" else vecs
+    store.upsert(id_arr, stored, payloads)
+    _take_out(tree, old)
     for lid in np.unique(lids):
         tree.add_vectors(tree.leaf_node[int(lid)], stored[lids == lid])
     stats = _rebalance(router, np.unique(lids))
@@ -181,14 +194,7 @@ def delete_points(router, ids) -> dict:
     store, tree = router.store, router.tree
     recs = store.retrieve(check_ids(ids), with_vectors=True)
     store.delete([r.id for r in recs])
-    touched = []
-    for r in recs:
-        lid = int(r.payload.get("leaf", -1))
-        if lid in tree.leaf_node:
-            v = r.vector / max(np.linalg.norm(r.vector), 1e-12) if tree.metric == "cosine" else r.vector
-            tree.add_vectors(tree.leaf_node[lid], v[None], -1)
-            touched.append(lid)
-    stats = _rebalance(router, touched)
+    stats = _rebalance(router, _take_out(tree, recs))
     return {"deleted": len(recs), **stats}
 
 
@@ -206,8 +212,5 @@ def reconcile(router) -> dict:
     tree.sums[:] = 0
     tree.counts[:] = 0
     for lid in np.unique(leaf):
-        sel = vecs[leaf == lid]
-        if tree.metric == "cosine":
-            sel = sel / np.maximum(np.linalg.norm(sel, axis=1, keepdims=True), 1e-12)
-        tree.add_vectors(tree.leaf_node[int(lid)], sel)
+        tree.add_vectors(tree.leaf_node[int(lid)], _as_stored(tree, vecs[leaf == lid]))
     return {"points": len(ids), "refiled": int(len(unknown))}
