@@ -18,7 +18,7 @@ import uuid
 
 import numpy as np
 
-from plugin.errors import EmptyCollectionError, RouterError
+from plugin.errors import BadVectorError, EmptyCollectionError, RouterError
 from plugin.router import maintenance
 from plugin.router.kernels import nearest_leaf_batch
 from plugin.router.modes import get_mode
@@ -143,8 +143,6 @@ class Router:
         if self.tree.metric == "cosine":
             norms = np.linalg.norm(q, axis=1, keepdims=True)
             if (norms == 0).any():
-                from plugin.errors import BadVectorError
-
                 raise BadVectorError("a zero vector has no direction: cosine search needs a non-zero query")
             q = q / norms
         return np.ascontiguousarray(q, np.float32)
