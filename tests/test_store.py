@@ -216,3 +216,26 @@ def test_server_store_metadata_persists_beside_its_state(tmp_path, monkeypatch):
     s2 = ServerStore("c", path=str(tmp_path / "qd"))
     assert s2.get_meta() == {"encoder": "mobilenet_v2", "router_id": "abc"} and s2.count() == 1
     s2.close()
+
+
+def test_atomic_write_bytes_replaces_and_cleans_up_on_failure(tmp_path, monkeypatch):
+    import os
+
+    from plugin import fsutil
+
+    target = tmp_path / "state.bin"
+    fsutil.atomic_write_bytes(target, b"one")
+    assert target.read_bytes() == b"one"
+    synced = []
+    real_fsync_dir = fsutil.fsync_dir
+    monkeypatch.setattr(fsutil, "fsync_dir", lambda p: (synced.append(os.fspath(p)), real_fsync_dir(p)))
+    fsutil.atomic_write_bytes(target, b"two")
+    assert target.read_bytes() == b"two" and synced == [os.fspath(tmp_path)]  # the rename is made durable
+
+    def boom(*a):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        fsutil.atomic_write_bytes(target, b"three")
+    assert target.read_bytes() == b"two" and sorted(p.name for p in tmp_path.iterdir()) == ["state.bin"]
