@@ -11,6 +11,9 @@ need_apt=()
 [ -f /usr/share/wordnet/data.noun ] || need_apt+=(wordnet-base)
 [ -f /usr/share/wordnet/index.sense ] || need_apt+=(wordnet-sense-index)
 [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
+# the demo's browser tests drive Debian's chromium through playwright (never `playwright install`)
+# (HSEARCH_NO_BROWSER=1 skips it where only the demo runs, e.g. docker-compose)
+[ -n "${HSEARCH_NO_BROWSER:-}" ] || [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   echo "== installing Debian packages: ${need_apt[*]}"
