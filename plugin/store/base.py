@@ -198,6 +198,24 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def count(self, filter: Filter | None = None) -> int: ...
 
+    def facet(self, key: str, filter: Filter | None = None, limit: int = 1000) -> dict:
+        """``{value: number of points holding it in payload field key}``, most frequent first (ties by
+        value), at most ``limit`` values; only points passing ``filter`` count.
+
+        An array field counts a point once under each of its values, so one call on ``synsets`` gives
+        the image count of every WordNet synset in the collection (the demo's hierarchy). The engine
+        counts from its payload index (``leaf`` and ``synsets`` have one); a field without an index is
+        counted from a scroll instead, which reads every payload (O(points)) but gives the same answer.
+        """
+        if int(limit) < 1:
+            raise HSearchError(f"facet limit must be >= 1, got {limit}")
+        try:
+            counts = self._facet(key, filter, int(limit))
+        except NoFacetIndex:
+            counts = self._facet_scroll(key, filter)
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], _value_order(kv[0])))
+        return dict(ranked[:int(limit)])
+
     # ---- admin --------------------------------------------------------------------------------
     @abc.abstractmethod
     def create_payload_index(self, field_name: str, kind: str) -> None:
@@ -272,3 +290,24 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def _scroll_page(self, offset, limit: int, filter: Filter | None, with_payload, with_vectors: bool):
         """One page of the engine's scroll: (engine records, next offset or None)."""
+
+    def _facet(self, key: str, filter: Filter | None, limit: int) -> dict:
+        """The engine's facet: {value: count}; raise :class:`NoFacetIndex` when it needs an index on ``key``."""
+        raise NoFacetIndex(key)
+
+    def _facet_scroll(self, key: str, filter: Filter | None) -> dict:
+        counts: dict = {}
+        for page in self.scroll(with_vectors=False, filter=filter, payload_fields=[key]):
+            for r in page:
+                v = r.payload.get(key)
+                for x in {e for e in (v if isinstance(v, list) else [v]) if isinstance(e, (str, int))}:
+                    counts[x] = counts.get(x, 0) + 1
+        return counts
+
+
+class NoFacetIndex(Exception):
+    """A backend's facet refused a field without a payload index (``Store.facet`` then counts by scrolling)."""
+
+
+def _value_order(v):
+    return (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))

@@ -11,7 +11,7 @@ import os
 
 
 from plugin.errors import CollectionExistsError, CollectionNotFoundError, HSearchError
-from plugin.store.base import DISTANCES, Filter, Hit, Store, to_record, translate_filter
+from plugin.store.base import DISTANCES, Filter, Hit, NoFacetIndex, Store, to_record, translate_filter
 
 
 def _models():
@@ -104,6 +104,18 @@ class ServerStore(Store):
 
     def count(self, filter: Filter | None = None) -> int:
         return int(self.client.count(self.name, count_filter=_client_filter(filter), exact=True).count)
+
+    def _facet(self, key, filter, limit):
+        """The server's facet needs a payload index on ``key`` (local mode counts without one)."""
+        from qdrant_client.http.exceptions import UnexpectedResponse
+
+        try:
+            res = self.client.facet(self.name, key, facet_filter=_client_filter(filter), limit=limit, exact=True)
+        except UnexpectedResponse as e:  # HTTP 400 "Index required but not found" for an unindexed field
+            if e.status_code == 400 and "index" in str(e).lower():
+                raise NoFacetIndex(key) from None
+            raise
+        return {h.value: int(h.count) for h in res.hits}
 
     def create_payload_index(self, field_name: str, kind: str) -> None:
         m = _models()
