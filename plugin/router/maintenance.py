@@ -39,18 +39,19 @@ def _points_of(store, lids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ids, vecs, np.asarray([p.get("leaf", -1) for p in pls], np.int64)
 
 
-def _move(router, ids, vecs, old_leaf, new_leaf) -> int:
-    """Re-file points whose leaf changed: store payloads first, then tree sums."""
+def _move(router, ids, vecs, old_leaf, new_leaf) -> tuple[int, list[int]]:
+    """Re-file points whose leaf changed: store payloads first, then tree sums (one sum per leaf, not per
+    point). Returns (points moved, leaves whose counts changed)."""
     tree, store = router.tree, router.store
     moved = np.flatnonzero(old_leaf != new_leaf)
+    if len(moved) == 0:
+        return 0, []
     for lid in np.unique(new_leaf[moved]):
         sel = moved[new_leaf[moved] == lid]
         store.set_payload(ids[sel], {"leaf": int(lid)})
-    for i in moved:
-        if int(old_leaf[i]) in tree.leaf_node:
-            tree.add_vectors(tree.leaf_node[int(old_leaf[i])], vecs[i:i + 1], -1)
-        tree.add_vectors(tree.leaf_node[int(new_leaf[i])], vecs[i:i + 1], +1)
-    return len(moved)
+    out = tree.add_to_leaves(vecs[moved], old_leaf[moved], -1)
+    into = tree.add_to_leaves(vecs[moved], new_leaf[moved], +1)
+    return len(moved), sorted(set(out) | set(into))
 
 
 def _nearest_leaves(tree, centroid: np.ndarray, exclude: set, n: int) -> list[int]:
@@ -61,19 +62,19 @@ def _nearest_leaves(tree, centroid: np.ndarray, exclude: set, n: int) -> list[in
     return [lids[i] for i in np.argsort(d)[:n]]
 
 
-def reassign_local(router, changed: list[int]) -> int:
+def reassign_local(router, changed: list[int]) -> tuple[int, list[int]]:
     """LIRE-style: re-file points of ``changed`` leaves and their nearest neighbour leaves to their nearest
-    leaf among that local set."""
+    leaf among that local set. Returns (points moved, leaves whose counts changed)."""
     tree = router.tree
     changed = [x for x in changed if x in tree.leaf_node]
     if not changed:
-        return 0
+        return 0, []
     centre = tree.leaf_centroids(changed).mean(0)
     neigh = _nearest_leaves(tree, centre, set(changed), NEIGHBOURS)
     local = changed + neigh
     ids, vecs, leaf = _points_of(router.store, local)
     if len(ids) == 0:
-        return 0
+        return 0, []
     d = _dist(tree.metric, vecs, tree.leaf_centroids(local))
     new_leaf = np.asarray(local, np.int64)[np.argmin(d, axis=1)]
     return _move(router, ids, vecs, leaf, new_leaf)
@@ -86,8 +87,9 @@ def split_leaf(router, lid: int) -> list[int]:
     ids, vecs, _ = _points_of(store, [lid])
     if len(ids) < max(tree.k, 2):
         return []
-    groups = _split(vecs, tree.k, tree.metric, int(router.meta.get("min_leaf_size") or 1),
-                    int(router.meta.get("seed", 0)) + node + len(ids))
+    # children smaller than merge_bound would be merged straight back: fold them into a sibling
+    fold = max(int(router.meta.get("min_leaf_size") or 1), int(router.meta["merge_bound"]))
+    groups = _split(vecs, tree.k, tree.metric, fold, int(router.meta.get("seed", 0)) + node + len(ids))
     if len(groups) < 2:
         return []
     new_nodes = []
@@ -115,6 +117,7 @@ def merge_leaf(router, lid: int) -> list[int]:
         new_leaf = np.asarray(targets, np.int64)[np.argmin(d, axis=1)]
         _move(router, ids, vecs, leaf, new_leaf)
     tree.retire_leaf(node)
+    tree.add_sum(node, -tree.sums[node].copy(), -int(tree.counts[node]))  # anything left (nothing, normally)
     _detach(tree, node)
     return targets
 
@@ -130,9 +133,11 @@ def _detach(tree, node: int) -> None:
 
 
 def _rebalance(router, touched) -> dict:
+    """Split leaves past ``split_bound`` and merge leaves under ``merge_bound``, starting from ``touched``
+    and re-checking every leaf a split, merge or boundary reassignment changed, until all are in bounds."""
     tree, meta = router.tree, router.meta
     splits = merges = moved = 0
-    queue = [x for x in dict.fromkeys(int(t) for t in touched)]
+    queue = list(dict.fromkeys(int(t) for t in touched))
     guard = 0
     while queue and guard < 10_000:
         guard += 1
@@ -144,8 +149,9 @@ def _rebalance(router, touched) -> dict:
             new = split_leaf(router, lid)
             if new:
                 splits += 1
-                moved += reassign_local(router, new)
-                queue.extend(new)
+                n_moved, changed = reassign_local(router, new)
+                moved += n_moved
+                queue.extend(new + changed)
         elif count < meta["merge_bound"] and tree.n_leaves > 1:
             targets = merge_leaf(router, lid)
             if targets:
@@ -163,13 +169,11 @@ def _as_stored(tree, vecs: np.ndarray) -> np.ndarray:
 
 def _take_out(tree, records) -> list[int]:
     """Subtract stored records from their leaves' sums/counts; returns the leaves touched."""
-    touched = []
-    for r in records:
-        lid = int(r.payload.get("leaf", -1))
-        if lid in tree.leaf_node:
-            tree.add_vectors(tree.leaf_node[lid], _as_stored(tree, r.vector[None]), -1)
-            touched.append(lid)
-    return touched
+    if not records:
+        return []
+    vecs = _as_stored(tree, np.vstack([r.vector for r in records]))
+    lids = np.asarray([int(r.payload.get("leaf", -1)) for r in records], np.int64)
+    return tree.add_to_leaves(vecs, lids, -1)
 
 
 def add_points(router, ids, vectors, payloads=None) -> dict:
@@ -183,10 +187,9 @@ def add_points(router, ids, vectors, payloads=None) -> dict:
     old = store.retrieve(id_arr, with_vectors=True)
     payloads = [{**p, "leaf": int(l)} for p, l in zip(payloads, lids)]
     store.upsert(id_arr, stored, payloads)
-    _take_out(tree, old)
-    for lid in np.unique(lids):
-        tree.add_vectors(tree.leaf_node[int(lid)], stored[lids == lid])
-    stats = _rebalance(router, np.unique(lids))
+    touched = _take_out(tree, old)
+    tree.add_to_leaves(stored, lids, +1)
+    stats = _rebalance(router, np.unique(lids).tolist() + touched)
     return {"added": len(vecs), "replaced": len(old), **stats}
 
 
@@ -199,7 +202,9 @@ def delete_points(router, ids) -> dict:
 
 
 def reconcile(router) -> dict:
-    """Recount every leaf from the store; re-file points whose leaf is unknown (or -1)."""
+    """Recount every leaf from the store; re-file points whose leaf is unknown (or -1, or missing); then
+    split / merge the leaves the repair pushed past their bounds. A full scan: ``Router.open`` calls it
+    only when :meth:`Router.check` found a divergence."""
     store, tree = router.store, router.tree
     ids, vecs, pls = store.all_vectors(payload_fields=["leaf"])
     leaf = np.asarray([p.get("leaf", -1) for p in pls], np.int64)
@@ -211,6 +216,6 @@ def reconcile(router) -> dict:
         leaf[unknown] = new
     tree.sums[:] = 0
     tree.counts[:] = 0
-    for lid in np.unique(leaf):
-        tree.add_vectors(tree.leaf_node[int(lid)], _as_stored(tree, vecs[leaf == lid]))
-    return {"points": len(ids), "refiled": int(len(unknown))}
+    tree.add_to_leaves(_as_stored(tree, vecs), leaf, +1)
+    stats = _rebalance(router, tree.leaf_ids().tolist())
+    return {"points": len(ids), "refiled": int(len(unknown)), **stats}

@@ -2,17 +2,23 @@
 
     router = Router.build(store, k=3, l=4)          # offline: tree over the collection, leaf payloads
     hits = router.search(vec, k=10, mode="auto")    # online: kernels pick leaves, the store scores them
+    hits = router.search(vec, within="n02084071")   # only points under a WordNet synset (dogs)
     hits.stats -> {"operands": ..., "leaves": [...], "ms": ...}
     router.add(ids, vectors, payloads)              # incremental: route, upsert, split/merge locally
 
 The store scores only the chosen leaves with an exact search filtered on the ``leaf`` payload index
-(the engine's filtered HNSW loses recall on a filter unrelated to its graph). Router state is derived
-and saved atomically next to the collection; the store's ``leaf`` payloads are the truth.
+(the engine's filtered HNSW loses recall on a filter unrelated to its graph). The store's ``leaf``
+payloads are the truth; the tree is derived, saved atomically beside the collection and checked
+against the store (one facet of ``leaf``) whenever it is opened.
+
+Concurrency: routing reads one immutable :class:`~plugin.router.tree.FlatTree` snapshot, swapped in
+whole after every change, so it needs no lock. Searches share a readers-writer lock while the store
+scores; add / delete / reconcile take it alone, so a search never pairs one moment's routing with
+another moment's payloads, and searches never wait for each other.
 """
 from __future__ import annotations
 
 import os
-import threading
 import time
 import uuid
 
@@ -22,11 +28,17 @@ from plugin.errors import BadVectorError, EmptyCollectionError, RouterError
 from plugin.router import maintenance
 from plugin.router.kernels import nearest_leaf_batch
 from plugin.router.modes import get_mode
-from plugin.router.state import load_state, save_state, state_path
+from plugin.router.rwlock import RWLock
+from plugin.router.state import commit_staged, load_committed, save_state, staged_path, state_path
 from plugin.router.tree import Tree, build_tree, check_build_params
 from plugin.store.base import Filter, check_vectors
 
 STORE_METRIC = {"cosine": "cosine", "euclid": "l2", "dot": "dot"}
+#: Leaf id every point carries before a router files it (ingested before a build, or upserted around
+#: the router). Routed searches always score these too, so such points are never skipped silently.
+UNFILED = -1
+#: Facet page size when comparing per-leaf counts with the store (more than any tree has leaves).
+FACET_LIMIT = 1_000_000
 
 
 class SearchResult(list):
@@ -41,8 +53,8 @@ class Router:
     def __init__(self, store, tree: Tree, meta: dict, owns_store: bool = False):
         self.store, self.tree, self.meta = store, tree, meta
         self._owns_store = owns_store
-        self._lock = threading.RLock()
-        self.refresh()
+        self._lock = RWLock()
+        self.flat = tree.flatten()
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -51,8 +63,15 @@ class Router:
               seed: int = 0, save: bool = True, relayout: bool = True) -> "Router":
         """Cluster every point of ``store`` into a k-means tree and write each point's ``leaf`` payload.
 
-        ``relayout`` rewrites an embedded store sorted by leaf (``Store.cluster_by``), which made routed
-        searches up to 1.7x faster here; points added later are appended and a rebuild re-sorts them.
+        Crash-safe: the new state is staged (``router.next.npz``) while the old ``router.npz`` stays;
+        the commit point is the collection metadata naming the new build, after every payload is
+        written. A crash before it leaves the old router usable (its open finds the half-written
+        payloads by their unknown leaf ids and re-files them); a crash after it leaves the new one.
+        New leaf ids start above every id the collection ever used, so the two never mix.
+
+        ``relayout`` rewrites an embedded store sorted by leaf (``Store.cluster_by``); see
+        ``EdgeStore.cluster_by`` for what it measured. Points added later are appended; a rebuild
+        re-sorts them.
         """
         metric = metric or STORE_METRIC[store.distance]
         n = store.count()
@@ -61,9 +80,7 @@ class Router:
         ids, vecs, _ = store.all_vectors()
         t_read = time.perf_counter() - t0
         tree, assign = build_tree(vecs, k, l, metric, max_leaf_size, min_leaf_size, seed)
-        # leaf ids never repeat across builds of one collection, so payloads from an interrupted
-        # rebuild can never be mistaken for leaves of the new tree (reconcile re-files them)
-        base = int(store.get_meta().get("leaf_id_high", 0))
+        base = _next_free_leaf_id(store)
         if base:
             tree = _shift_leaf_ids(tree, base)
             assign = assign + base
@@ -78,9 +95,9 @@ class Router:
             raise RouterError(f"merge_bound {meta['merge_bound']} must be at most half of split_bound "
                               f"{meta['split_bound']}")
         router = cls(store, tree, meta)
-        store.update_meta(leaf_id_high=tree.next_leaf_id)
+        store.update_meta(leaf_id_high=tree.next_leaf_id)  # taken, even if this build never commits
         if save:
-            router.save()  # state first: a crash while writing payloads is then repaired by reconcile
+            router._save_to(staged_path(store))
         t1 = time.perf_counter()
         order = np.argsort(assign, kind="stable")
         bounds = np.flatnonzero(np.diff(assign[order])) + 1
@@ -90,52 +107,63 @@ class Router:
         t2 = time.perf_counter()
         if relayout:  # leaf-contiguous storage: routed searches read each leaf sequentially
             store.cluster_by("leaf")
-        store.update_meta(router_id=meta["router_id"])
+        store.update_meta(router_id=meta["router_id"])  # the commit point
+        if save:
+            commit_staged(store)
         router.build_stats = {"read_s": t_read, "cluster_s": t1 - t0 - t_read, "payload_s": t2 - t1,
                               "relayout_s": time.perf_counter() - t2, "total_s": time.perf_counter() - t0}
         return router
 
     @classmethod
     def open(cls, store_or_path, reconcile: bool = True) -> "Router":
-        """Open the router of a collection (a store object, or an embedded collection's directory)."""
+        """Open the router of a collection (a store object, or an embedded collection's directory).
+
+        The saved tree is checked against the store (:meth:`check`: one facet of ``leaf``, not a scan)
+        and repaired (:meth:`reconcile`) when they disagree, e.g. after a crash between a store write
+        and a state save. ``reconcile=False`` opens as saved (for inspection).
+        """
         owns = False
         store = store_or_path
         if isinstance(store_or_path, (str, os.PathLike)):
             from plugin.store.edge import EdgeStore
 
             store, owns = EdgeStore(store_or_path), True
-        meta, arrays = load_state(state_path(store))
-        want = store.get_meta().get("router_id")
-        if meta.get("router_id") != want or meta.get("collection") != store.name:
-            raise RouterError(
-                f"router file {state_path(store)} belongs to another collection or build "
-                f"({meta.get('collection')}/{meta.get('router_id')}, expected {store.name}/{want}): "
-                "rebuild with `hsearch build`")
+        meta, arrays = load_committed(store)
         if meta["dim"] != store.dim:
             raise RouterError(f"router was built for {meta['dim']}-d vectors, the collection holds {store.dim}-d")
         tree = Tree.from_arrays(meta["dim"], meta["metric"], meta["k"], meta["l"], meta["next_leaf_id"], arrays)
         router = cls(store, tree, meta, owns_store=owns)
-        if reconcile and int(tree.counts[0]) != store.count():
+        if reconcile and not router.check()["consistent"]:
             router.reconcile()
         return router
 
     @staticmethod
     def exists(store) -> bool:
-        return state_path(store).is_file() and bool(store.get_meta().get("router_id"))
+        want = store.get_meta().get("router_id")
+        return bool(want) and (state_path(store).is_file() or staged_path(store).is_file())
 
     def save(self) -> None:
-        with self._lock:
-            meta = {**self.meta, "next_leaf_id": self.tree.next_leaf_id, "n_points": int(self.tree.counts[0])}
-            save_state(state_path(self.store), meta, self.tree.to_arrays())
+        with self._lock.write():
+            self._save_to(state_path(self.store))
+            if int(self.store.get_meta().get("leaf_id_high", 0)) < self.tree.next_leaf_id:
+                self.store.update_meta(leaf_id_high=self.tree.next_leaf_id)
+
+    def _save_to(self, path) -> None:
+        meta = {**self.meta, "next_leaf_id": self.tree.next_leaf_id, "n_points": int(self.flat.n_points)}
+        save_state(path, meta, self.tree.to_arrays())
 
     def close(self) -> None:
         if self._owns_store:
             self.store.close()
 
-    def refresh(self) -> None:
-        """Re-derive the flat arrays after the tree changed."""
+    def _publish(self) -> None:
+        """After the tree changed (write lock held): drop dead nodes, swap in a new snapshot."""
+        self.tree.compact()
         self.flat = self.tree.flatten()
-        self.leaf_counts = self.tree.leaf_counts()
+
+    @property
+    def leaf_counts(self) -> np.ndarray:
+        return self.flat.leaf_counts
 
     # ---- search -------------------------------------------------------------------------------
     def prepare_queries(self, vecs) -> np.ndarray:
@@ -148,86 +176,183 @@ class Router:
         return np.ascontiguousarray(q, np.float32)
 
     def route(self, vecs, mode: str = "auto", **params) -> list[np.ndarray] | None:
-        """Leaf ids each query would score (None = all), without scoring."""
-        return get_mode(mode)(self, self.prepare_queries(vecs), **params)
+        """Leaf ids each query would score (None = all), without scoring. Lock-free: one snapshot."""
+        m = get_mode(mode)
+        return m.fn(self.flat, self.prepare_queries(vecs), **m.resolve(params))
 
-    def search(self, vec, k: int = 10, mode: str = "auto", **params) -> SearchResult:
+    def search(self, vec, k: int = 10, mode: str = "auto", within=None, filter: Filter | None = None,
+               **params) -> SearchResult:
         q = np.asarray(vec)
         if q.ndim != 1:
             raise RouterError(f"search takes one vector (use search_batch for several), got shape {q.shape}")
-        return self.search_batch(q[None], k, mode, **params)[0]
+        return self.search_batch(q[None], k, mode, within=within, filter=filter, **params)[0]
 
-    def search_batch(self, vecs, k: int = 10, mode: str = "auto", **params) -> list[SearchResult]:
-        fn = get_mode(mode)
+    def search_batch(self, vecs, k: int = 10, mode: str = "auto", within=None, filter: Filter | None = None,
+                     **params) -> list[SearchResult]:
+        """Top-``k`` per query under a search mode, optionally restricted to WordNet subtrees.
+
+        ``within``: a wnid or a list of wnids; only points whose ``synsets`` payload holds one of them
+        (the point's class or any ancestor) are returned. ``filter``: any :class:`Filter` in the store's
+        terms, ANDed with the rest. Routing and the restriction combine as leaf ∈ L AND synsets ∋ s.
+        When that returns fewer than ``k`` hits (a subtree that is small, or lies mostly outside the
+        routed leaves), the query is re-scored over the whole restriction without routing: a filter
+        that selects few points is already cheap to score exactly (measured in ENVIRONMENT.md: 0.9 ms
+        for 5% of 100k points), and a user asking for "dogs" expects k dogs when the collection has
+        them. ``stats["widened"]`` says when that happened. An unknown wnid is an error; a subtree
+        with no points gives no hits.
+        """
+        m = get_mode(mode)
+        used = m.resolve(params)
+        restrict = _restriction(within, filter)
         Q = self.prepare_queries(vecs)
-        with self._lock:
-            n = int(self.tree.counts[0])
-            if n == 0:
+        if k < 1:
+            raise RouterError(f"k must be >= 1, got {k}")
+        with self._lock.read():
+            flat = self.flat
+            n = flat.n_points
+            if n == 0 and self.store.count() == 0:
                 raise EmptyCollectionError(f"collection '{self.store.name}' is empty")
             t0 = time.perf_counter()
-            routes = fn(self, Q, **params)
+            routes = m.fn(flat, Q, **used)
             t1 = time.perf_counter()
             if routes is None:
-                filters = [None] * len(Q)
+                filters = [restrict] * len(Q)
                 operands = [n] * len(Q)
             else:
-                filters = [Filter(leaf_in=tuple(int(x) for x in r)) for r in routes]
-                operands = [int(self.leaf_counts[r].sum()) for r in routes]
+                filters = [_and(Filter(leaf_in=tuple(int(x) for x in r) + (UNFILED,)), restrict) for r in routes]
+                operands = [int(flat.leaf_counts[r].sum()) for r in routes]
             hits = self.store.search_batch(Q, k, filter=filters, exact=True)
+            widened = [restrict is not None and routes is not None and len(h) < k for h in hits]
+            if any(widened):
+                redo = np.flatnonzero(widened)
+                again = self.store.search_batch(Q[redo], k, filter=restrict, exact=True)
+                for b, h in zip(redo, again):
+                    hits[b] = h
             t2 = time.perf_counter()
         B = len(Q)
         out = []
         for b in range(B):
             leaves = [] if routes is None else [int(x) for x in routes[b]]
             out.append(SearchResult(hits[b], {
-                "mode": mode, **{k_: v for k_, v in params.items()}, "operands": operands[b],
-                "operands_frac": operands[b] / n, "n_leaves": len(leaves) if routes is not None else self.tree.n_leaves,
-                "leaves": leaves, "route_ms": (t1 - t0) * 1e3 / B, "score_ms": (t2 - t1) * 1e3 / B,
+                "mode": mode, **used, "within": _as_list(within), "operands": operands[b],
+                "operands_frac": operands[b] / max(n, 1),
+                "n_leaves": len(leaves) if routes is not None else flat.n_leaves, "leaves": leaves,
+                "widened": widened[b], "route_ms": (t1 - t0) * 1e3 / B, "score_ms": (t2 - t1) * 1e3 / B,
                 "ms": (t2 - t0) * 1e3 / B}))
         return out
 
     # ---- incremental --------------------------------------------------------------------------
     def add(self, ids, vectors, payloads=None, save: bool = False) -> dict:
         """Route new points to their nearest leaf and upsert them; split/merge leaves that cross bounds."""
-        with self._lock:
-            stats = maintenance.add_points(self, ids, vectors, payloads)
-            self.refresh()
-            if save:
-                self.save()
-            return stats
+        with self._lock.write():
+            try:
+                return maintenance.add_points(self, ids, vectors, payloads)
+            finally:
+                self._publish()
+                if save:
+                    self.save()
 
     def delete(self, ids, save: bool = False) -> dict:
-        with self._lock:
-            stats = maintenance.delete_points(self, ids)
-            self.refresh()
-            if save:
-                self.save()
-            return stats
+        with self._lock.write():
+            try:
+                return maintenance.delete_points(self, ids)
+            finally:
+                self._publish()
+                if save:
+                    self.save()
+
+    def check(self) -> dict:
+        """Compare the tree's per-leaf counts with the store's (one facet on ``leaf``, no scan).
+
+        Divergence that matters: points under a leaf id the tree does not know (they would be skipped by
+        routing), leaves whose counts differ (a split, merge or move the saved state missed), points
+        without a ``leaf`` at all. Not caught: a re-upserted point that stayed in its leaf with a new
+        vector (its leaf's centroid drifts until the next reconcile; no point is lost).
+        """
+        with self._lock.read():
+            flat = self.flat
+            stored = {int(v): int(c) for v, c in self.store.facet("leaf", limit=FACET_LIMIT).items()}
+            total = self.store.count()
+        known = set(flat.leaf_ids.tolist())
+        unknown = {lid: c for lid, c in stored.items() if lid not in known and c}
+        differ = {lid: (int(flat.leaf_counts[lid]), stored.get(lid, 0)) for lid in known
+                  if int(flat.leaf_counts[lid]) != stored.get(lid, 0)}
+        no_leaf = total - sum(stored.values())
+        return {"consistent": not unknown and not differ and no_leaf == 0 and flat.n_points == total,
+                "unknown_leaves": unknown, "count_mismatch": differ, "without_leaf": no_leaf,
+                "points_store": total, "points_tree": flat.n_points}
 
     def reconcile(self) -> dict:
-        """Make router state agree with the store (after a crash between a store write and a state save)."""
-        with self._lock:
-            stats = maintenance.reconcile(self)
-            self.refresh()
+        """Make the tree agree with the store: re-file points of unknown leaves, recount every leaf from
+        the stored vectors, split/merge leaves the repair pushed past their bounds, save."""
+        with self._lock.write():
+            try:
+                stats = maintenance.reconcile(self)
+            finally:
+                self._publish()
             self.save()
             return stats
 
     def assign(self, vecs) -> np.ndarray:
-        """Leaf id a vector is filed under (greedy descent)."""
+        """Leaf id a vector is filed under (greedy descent). Lock-free: one snapshot."""
         q = self.prepare_queries(vecs)
         f = self.flat
         return nearest_leaf_batch(q, f.centroids, f.child_offsets, f.children, f.leaf_of_node, f.metric)
 
     def describe(self) -> dict:
-        lids = self.tree.leaf_ids()
-        sizes = self.leaf_counts[lids] if len(lids) else np.zeros(1)
-        depths = [self.tree.depth[self.tree.leaf_node[int(x)]] + 1 for x in lids]
+        f = self.flat
+        lids = f.leaf_ids
+        sizes = f.leaf_counts[lids] if len(lids) else np.zeros(1, np.int64)
+        depths = f.depth[f.leaf_of_node >= 0] + 1
         return {"k": self.meta["k"], "l": self.meta["l"], "metric": self.tree.metric, "leaves": int(len(lids)),
-                "points": int(self.tree.counts[0]), "leaf_size_min": int(sizes.min()),
+                "points": int(f.n_points), "leaf_size_min": int(sizes.min()),
                 "leaf_size_mean": round(float(sizes.mean()), 1), "leaf_size_max": int(sizes.max()),
-                "depth_min": int(min(depths, default=0)), "depth_max": int(max(depths, default=0)),
+                "depth_min": int(depths.min(initial=0) if len(depths) else 0),
+                "depth_max": int(depths.max(initial=0)),
                 "split_bound": self.meta["split_bound"], "merge_bound": self.meta["merge_bound"],
                 "built": self.meta["built"]}
+
+
+def _as_list(within) -> list[str] | None:
+    if within is None:
+        return None
+    return [within] if isinstance(within, str) else [str(w) for w in within]
+
+
+def _restriction(within, filter: Filter | None) -> Filter | None:
+    """``within`` (validated wnids) and ``filter`` as one :class:`Filter`, or None."""
+    wnids = _as_list(within)
+    if wnids is not None:
+        from plugin.taxonomy import synsets_of
+
+        if not wnids:
+            raise RouterError("within= needs at least one wnid")
+        synsets_of(wnids)  # UnknownSynsetError names the bad ones
+    if filter is not None and not isinstance(filter, Filter):
+        raise RouterError(f"filter must be a plugin.store.Filter, got {type(filter).__name__}")
+    if wnids is None:
+        return filter
+    if filter is not None and filter.synsets_any is not None:
+        raise RouterError("give the subtree either as within= or as filter.synsets_any, not both")
+    base = filter or Filter()
+    return Filter(leaf_in=base.leaf_in, synsets_any=tuple(wnids), match=base.match)
+
+
+def _and(route: Filter, restrict: Filter | None) -> Filter:
+    if restrict is None:
+        return route
+    leaf_in = route.leaf_in
+    if restrict.leaf_in is not None:
+        leaf_in = tuple(x for x in route.leaf_in if x in set(restrict.leaf_in))
+    return Filter(leaf_in=leaf_in, synsets_any=restrict.synsets_any, match=restrict.match)
+
+
+def _next_free_leaf_id(store) -> int:
+    """Above every leaf id this collection has used: the recorded high-water mark, and any id a point
+    still carries (a split that never reached a saved state)."""
+    high = int(store.get_meta().get("leaf_id_high", 0))
+    used = [int(v) for v in store.facet("leaf", limit=FACET_LIMIT)]
+    return max([high] + [v + 1 for v in used if v >= 0])
 
 
 def _shift_leaf_ids(tree: Tree, base: int) -> Tree:

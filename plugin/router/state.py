@@ -1,12 +1,15 @@
-"""Atomic save / load of router state (``router.npz`` in the collection's state directory).
+"""Atomic, durable save / load of router state beside the collection.
 
-The file is written to a temporary name, fsynced, then ``os.replace``d: a crash mid-write leaves the
-previous state intact. The state is derived data — the store's ``leaf`` payloads are the truth — so a
-state that lags behind the store (a crash between a store write and a state save) is repaired by
-``Router.reconcile()`` when opened.
+``router.npz`` is the committed state; ``router.next.npz`` a build's staged state, promoted once the
+collection metadata names that build (``router_id``: the commit point, see ``Router.build``). Files are
+written through :func:`plugin.fsutil.atomic_write_bytes` (temporary file, fsync, rename, fsync of the
+directory; the temporary file is removed on failure), so a crash mid-write leaves the previous state.
+The state is derived: the store's ``leaf`` payloads are the truth, and ``Router.open`` repairs a state
+that lags behind them.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -14,8 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from plugin.errors import RouterError
+from plugin.fsutil import atomic_write_bytes, fsync_dir
 
 STATE_FILE = "router.npz"
+STAGED_FILE = "router.next.npz"
 FORMAT_VERSION = 1
 
 
@@ -23,15 +28,16 @@ def state_path(store) -> Path:
     return Path(store.state_dir()) / STATE_FILE
 
 
+def staged_path(store) -> Path:
+    return Path(store.state_dir()) / STAGED_FILE
+
+
 def save_state(path: Path, meta: dict, arrays: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, __meta__=np.asarray(json.dumps({**meta, "format": FORMAT_VERSION})), **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.savez(buf, __meta__=np.asarray(json.dumps({**meta, "format": FORMAT_VERSION})), **arrays)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_state(path: Path) -> tuple[dict, dict]:
@@ -46,4 +52,37 @@ def load_state(path: Path) -> tuple[dict, dict]:
         raise RouterError(f"router file {path} is unreadable ({e}); rebuild it with `hsearch build`") from None
     if meta.get("format") != FORMAT_VERSION:
         raise RouterError(f"router file {path} has format {meta.get('format')}, expected {FORMAT_VERSION}: rebuild")
+    return meta, arrays
+
+
+def commit_staged(store) -> None:
+    """Promote a committed build's staged state to ``router.npz`` (rename + directory fsync)."""
+    os.replace(staged_path(store), state_path(store))
+    fsync_dir(state_path(store).parent)
+
+
+def load_committed(store) -> tuple[dict, dict]:
+    """The state of the build the collection metadata names, finishing or discarding a staged build.
+
+    A staged file whose build committed (metadata names it) is promoted; one whose build never
+    committed (a crash mid-rebuild) is deleted, and the previous ``router.npz`` is used.
+    """
+    want = store.get_meta().get("router_id")
+    staged = staged_path(store)
+    if staged.is_file():
+        try:
+            staged_id = load_state(staged)[0].get("router_id")
+        except RouterError:
+            staged_id = None
+        if staged_id is not None and staged_id == want:
+            commit_staged(store)
+        else:
+            staged.unlink()
+            fsync_dir(staged.parent)
+    meta, arrays = load_state(state_path(store))
+    if meta.get("router_id") != want or meta.get("collection") != store.name:
+        raise RouterError(
+            f"router file {state_path(store)} belongs to another collection or build "
+            f"({meta.get('collection')}/{meta.get('router_id')}, expected {store.name}/{want}): "
+            "rebuild with `hsearch build`")
     return meta, arrays

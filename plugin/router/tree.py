@@ -20,7 +20,7 @@ Build choices where the paper is silent:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,50 +29,90 @@ from plugin.errors import RouterError
 METRICS = {"cosine": 0, "l2": 1, "dot": 2}
 
 
-@dataclass
+@dataclass(frozen=True)
 class FlatTree:
-    """What the kernels read: node ``i``'s children are ``children[child_offsets[i]:child_offsets[i+1]]``;
-    ``leaf_of_node[i]`` is its leaf id or -1. Node 0 is the root."""
+    """An immutable snapshot of the tree: what the kernels and a search read.
+
+    Node ``i``'s children are ``children[child_offsets[i]:child_offsets[i+1]]``; ``leaf_of_node[i]`` is
+    its leaf id or -1; node 0 is the root. ``n_leaves`` is derived from *these* arrays, so a kernel that
+    sizes its output by it can never write past a row, whatever the live tree does meanwhile; the
+    router swaps in a new snapshot (one attribute assignment) after every change. Arrays are read-only.
+    """
 
     centroids: np.ndarray  # (n_nodes, dim) float32 (unit rows for cosine)
     child_offsets: np.ndarray  # (n_nodes + 1,) int64
     children: np.ndarray  # (n_edges,) int32
     leaf_of_node: np.ndarray  # (n_nodes,) int32
+    depth: np.ndarray  # (n_nodes,) int32, root 0
+    leaf_counts: np.ndarray  # (next_leaf_id,) int64: points per leaf id, 0 for retired ids
     metric: int
-    max_leaf_id: int
+    next_leaf_id: int
+    n_leaves: int
+    n_points: int
+
+    @property
+    def leaf_ids(self) -> np.ndarray:
+        return np.sort(self.leaf_of_node[self.leaf_of_node >= 0]).astype(np.int64)
 
 
-@dataclass
+def _grown(a: np.ndarray, n: int) -> np.ndarray:
+    """``a`` with room for at least ``n`` rows (capacity doubles, so adding nodes is amortised O(1))."""
+    if len(a) >= n:
+        return a
+    out = np.zeros((max(n, 2 * len(a), 8),) + a.shape[1:], a.dtype)
+    out[:len(a)] = a
+    return out
+
+
 class Tree:
-    dim: int
-    metric: str
-    k: int
-    l: int
-    parent: list = field(default_factory=list)
-    children: list = field(default_factory=list)
-    depth: list = field(default_factory=list)
-    leaf_id: list = field(default_factory=list)
-    sums: np.ndarray = None  # (n_nodes, dim) float64
-    counts: np.ndarray = None  # (n_nodes,) int64
-    centroids: np.ndarray = None  # (n_nodes, dim) float32, last non-empty mean
-    leaf_node: dict = field(default_factory=dict)  # leaf id -> node
-    next_leaf_id: int = 0
+    """The editable tree (build, splits, merges): per node its parent, children, depth, running vector sum
+    and count (so centroids follow the data) and leaf id; ``leaf_node`` maps live leaf ids to nodes.
 
-    def __post_init__(self):
-        if self.sums is None:
-            self.sums = np.zeros((0, self.dim), np.float64)
-            self.counts = np.zeros(0, np.int64)
-            self.centroids = np.zeros((0, self.dim), np.float32)
+    Node arrays keep spare capacity (``add_node`` is amortised O(1); it used to copy every array per
+    node, which made builds with ``max_leaf_size`` quadratic). Merges leave unreachable nodes behind;
+    ``compact()`` drops them, keeping leaf ids, which are stable for the life of the collection.
+    """
+
+    def __init__(self, dim: int, metric: str, k: int, l: int):
+        self.dim, self.metric, self.k, self.l = dim, metric, k, l
+        self.parent: list[int] = []
+        self.children: list[list[int]] = []
+        self.depth: list[int] = []
+        self.leaf_id: list[int] = []
+        self._sums = np.zeros((0, dim), np.float64)
+        self._counts = np.zeros(0, np.int64)
+        self._centroids = np.zeros((0, dim), np.float32)
+        self.leaf_node: dict[int, int] = {}  # leaf id -> node
+        self.next_leaf_id = 0
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.parent)
+
+    @property
+    def sums(self) -> np.ndarray:  # (n_nodes, dim) float64, writable view
+        return self._sums[:self.n_nodes]
+
+    @property
+    def counts(self) -> np.ndarray:  # (n_nodes,) int64, writable view
+        return self._counts[:self.n_nodes]
+
+    @property
+    def centroids(self) -> np.ndarray:  # (n_nodes, dim) float32, last non-empty mean
+        return self._centroids[:self.n_nodes]
 
     # ---- editing ------------------------------------------------------------------------------
     def add_node(self, parent: int, centroid: np.ndarray, is_leaf: bool) -> int:
-        node = len(self.parent)
+        node = self.n_nodes
+        self._sums = _grown(self._sums, node + 1)
+        self._counts = _grown(self._counts, node + 1)
+        self._centroids = _grown(self._centroids, node + 1)
+        self._sums[node] = 0
+        self._counts[node] = 0
+        self._centroids[node] = np.asarray(centroid, np.float32)
         self.parent.append(parent)
         self.children.append([])
         self.depth.append(0 if parent < 0 else self.depth[parent] + 1)
-        self.sums = np.vstack([self.sums, np.zeros((1, self.dim))])
-        self.counts = np.append(self.counts, 0)
-        self.centroids = np.vstack([self.centroids, np.asarray(centroid, np.float32)[None]])
         self.leaf_id.append(-1)
         if parent >= 0:
             self.children[parent].append(node)
@@ -88,7 +128,7 @@ class Tree:
         return lid
 
     def retire_leaf(self, node: int) -> None:
-        """The node stops being a leaf (it was split, or merged away)."""
+        """The node stops being a leaf (it was split, or merged away); its id is never reused."""
         lid = self.leaf_id[node]
         if lid >= 0:
             del self.leaf_node[lid]
@@ -101,16 +141,56 @@ class Tree:
             node = self.parent[node]
         return out
 
+    def add_sum(self, node: int, s: np.ndarray, count: int) -> None:
+        """Add a vector sum of ``count`` points (negative to remove) to ``node`` and all its ancestors."""
+        for n in self.path(node):
+            self._sums[n] += s
+            self._counts[n] += count
+            if self._counts[n] > 0:
+                self._centroids[n] = (self._sums[n] / self._counts[n]).astype(np.float32)
+
     def add_vectors(self, node: int, vecs: np.ndarray, sign: int = 1) -> None:
         """Add (sign=1) or remove (sign=-1) vectors to ``node`` and all its ancestors."""
-        if len(vecs) == 0:
-            return
-        s = vecs.sum(axis=0, dtype=np.float64) * sign
-        for n in self.path(node):
-            self.sums[n] += s
-            self.counts[n] += sign * len(vecs)
-            if self.counts[n] > 0:
-                self.centroids[n] = (self.sums[n] / self.counts[n]).astype(np.float32)
+        if len(vecs):
+            self.add_sum(node, vecs.sum(axis=0, dtype=np.float64) * sign, sign * len(vecs))
+
+    def add_to_leaves(self, vecs: np.ndarray, lids: np.ndarray, sign: int = 1) -> list[int]:
+        """Vectorised :meth:`add_vectors` for points of many leaves: one sum per leaf, one walk up per leaf.
+        Leaf ids the tree does not know are ignored; returns the known leaves touched."""
+        lids = np.asarray(lids, np.int64)
+        if len(lids) == 0:
+            return []
+        order = np.argsort(lids, kind="stable")
+        uniq, starts = np.unique(lids[order], return_index=True)
+        sums = np.add.reduceat(np.asarray(vecs, np.float64)[order], starts, axis=0)
+        sizes = np.diff(np.append(starts, len(lids)))
+        touched = []
+        for lid, s, c in zip(uniq.tolist(), sums, sizes.tolist()):
+            if lid in self.leaf_node:
+                self.add_sum(self.leaf_node[lid], s * sign, sign * c)
+                touched.append(lid)
+        return touched
+
+    def compact(self) -> bool:
+        """Drop nodes no longer reachable from the root (left by merges); node ids are renumbered, leaf
+        ids kept. Returns whether anything was dropped."""
+        order, stack = [], [0] if self.n_nodes else []
+        while stack:
+            node = stack.pop()
+            order.append(node)
+            stack.extend(reversed(self.children[node]))
+        if len(order) == self.n_nodes:
+            return False
+        order.sort()  # keep parents before children, as they were created
+        new_of = {old: new for new, old in enumerate(order)}
+        idx = np.asarray(order, np.int64)
+        self._sums, self._counts, self._centroids = self._sums[idx], self._counts[idx], self._centroids[idx]
+        self.parent = [new_of[self.parent[o]] if self.parent[o] >= 0 else -1 for o in order]
+        self.children = [[new_of[c] for c in self.children[o]] for o in order]
+        self.depth = [self.depth[o] for o in order]
+        self.leaf_id = [self.leaf_id[o] for o in order]
+        self.leaf_node = {lid: n for n, lid in enumerate(self.leaf_id) if lid >= 0}
+        return True
 
     # ---- views --------------------------------------------------------------------------------
     @property
@@ -124,21 +204,27 @@ class Tree:
         """Points per leaf id (indexed by leaf id; retired ids count 0)."""
         out = np.zeros(self.next_leaf_id, np.int64)
         for lid, node in self.leaf_node.items():
-            out[lid] = self.counts[node]
+            out[lid] = self._counts[node]
         return out
 
     def leaf_centroids(self, lids) -> np.ndarray:
         return self.centroids[[self.leaf_node[int(x)] for x in lids]]
 
     def flatten(self) -> FlatTree:
-        offsets = np.zeros(len(self.parent) + 1, np.int64)
+        """A new immutable snapshot (copies: later edits of the tree never show through)."""
+        offsets = np.zeros(self.n_nodes + 1, np.int64)
         offsets[1:] = np.cumsum([len(c) for c in self.children])
         kids = np.fromiter((c for cs in self.children for c in cs), np.int32, count=int(offsets[-1]))
         cents = self.centroids.astype(np.float32, copy=True)
         if self.metric == "cosine":
             cents /= np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12)
-        return FlatTree(cents, offsets, kids, np.asarray(self.leaf_id, np.int32), METRICS[self.metric],
-                        self.next_leaf_id)
+        leaf_of_node = np.asarray(self.leaf_id, np.int32)
+        arrays = [cents, offsets, kids, leaf_of_node, np.asarray(self.depth, np.int32), self.leaf_counts()]
+        for a in arrays:
+            a.setflags(write=False)
+        return FlatTree(*arrays, metric=METRICS[self.metric], next_leaf_id=self.next_leaf_id,
+                        n_leaves=int((leaf_of_node >= 0).sum()),
+                        n_points=int(self._counts[0]) if self.n_nodes else 0)
 
     def to_arrays(self) -> dict:
         return {"parent": np.asarray(self.parent, np.int32), "depth": np.asarray(self.depth, np.int32),
@@ -155,7 +241,8 @@ class Tree:
         t.leaf_id = a["leaf_id"].tolist()
         off, ch = a["child_offsets"], a["children"]
         t.children = [ch[off[i]:off[i + 1]].tolist() for i in range(len(t.parent))]
-        t.sums, t.counts, t.centroids = a["sums"].astype(np.float64), a["counts"].astype(np.int64), a["centroids"]
+        t._sums, t._counts = a["sums"].astype(np.float64), a["counts"].astype(np.int64)
+        t._centroids = a["centroids"].astype(np.float32)
         t.leaf_node = {lid: n for n, lid in enumerate(t.leaf_id) if lid >= 0}
         t.next_leaf_id = next_leaf_id
         return t
