@@ -184,24 +184,181 @@ def test_edge_cluster_by_keeps_everything(tmp_path, fmnist_small):
     assert sorted(p.name for p in (tmp_path / "cl").iterdir()) == ["collection.json", "shard"]
 
 
-@pytest.mark.parametrize("stage", ["next-written", "old-moved"])
-def test_edge_cluster_by_crash_recovery(tmp_path, fmnist_small, stage):
-    """A crash mid-rewrite leaves one complete shard, which the next open uses."""
+# A crash is simulated by a child process that runs one EdgeStore operation and calls os._exit at the
+# n-th step of its rename sequence (before a rename/replace, before an fsync of the directory or of the new
+# shard): nothing after that step runs, the OS releases the engine's lock, as after kill -9.
+_CRASH_CHILD = r"""
+import json, os, sys
+from plugin.store import edge
+from plugin.store.edge import EdgeStore
+
+path, what, crash_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+calls = []
+
+def hook(name, real):
+    def step(*a, **kw):
+        calls.append(name + ":" + ">".join(os.path.basename(os.fspath(x)) for x in a))
+        if len(calls) == crash_at:
+            print(json.dumps(calls[:-1]), flush=True)  # the steps that ran
+            os._exit(9)
+        return real(*a, **kw)
+    return step
+
+if what == "cluster":
+    s = EdgeStore(path)
+    plain = EdgeStore.all_vectors
+    def tagged(self, *a, **kw):  # the rewritten shard is told apart from the old one by a payload
+        ids, vecs, pls = plain(self, *a, **kw)
+        return ids, vecs, [{**p, "gen": "new"} for p in pls]
+    EdgeStore.all_vectors = tagged
+os.rename, os.replace = hook("rename", os.rename), hook("replace", os.replace)
+edge.fsync_dir, edge.fsync_tree = hook("fsync_dir", edge.fsync_dir), hook("fsync_tree", edge.fsync_tree)
+if what == "create":
+    s = EdgeStore(path, dim=16)
+else:
+    s.cluster_by("leaf")
+s.close()
+print(json.dumps(calls), flush=True)
+"""
+
+
+def _crash_child(path, what, crash_at):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "-c", _CRASH_CHILD, str(path), what, str(crash_at)], cwd=root,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == (9 if crash_at else 0), p.stderr
+    return json.loads(p.stdout.splitlines()[-1])
+
+
+def _points(n=40, dim=16):
+    rng = np.random.default_rng(7)
+    vecs = rng.normal(size=(n, dim)).astype(np.float32)
+    return np.arange(1, n + 1), vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+
+
+def test_edge_cluster_by_crash_at_every_step_keeps_one_shard(tmp_path):
+    """Crash the relayout at each step: before the ``complete`` marker the old shard survives, after it the new
+    one (the child tags the new shard's payloads ``gen: new``), always with every point, vector and payload."""
     import shutil
 
-    vecs, wnids, _ = fmnist_small
-    path = tmp_path / "cr"
-    s = open_store(path, dim=vecs.shape[1])
-    _fill(s, vecs[:40], wnids[:40])
+    ids, vecs = _points()
+    base = tmp_path / "base"
+    s = open_store(base, dim=16)
+    s.upsert(ids, vecs, [{"leaf": int(i % 5), "label": f"p{i}"} for i in ids])
     s.close()
-    shutil.copytree(path / "shard", path / "shard.next")  # a complete rewritten copy
-    if stage == "old-moved":  # crash after the old shard was moved aside, before the new one moved in
-        (path / "shard.next.complete").touch()
-        (path / "shard").rename(path / "shard.prev")
-    s = open_store(path)
-    assert s.count() == 40 and s.search(vecs[0], k=1, exact=True)[0].id == 1
+    run_all = tmp_path / "all"
+    shutil.copytree(base, run_all)
+    steps = _crash_child(run_all, "cluster", 0)
+    commit = next(i for i, c in enumerate(steps) if c.startswith("replace:shard.next.complete.tmp>"))
+    assert 0 < commit < len(steps) - 1  # there are crash points on both sides of the commit
+    for n in range(1, len(steps) + 1):
+        path = tmp_path / f"crash{n}"
+        shutil.copytree(base, path)
+        ran = _crash_child(path, "cluster", n)
+        want_new = len(ran) > commit  # the marker's rename ran before the crash
+        s = open_store(path)
+        got_ids, got_vecs, pls = s.all_vectors(payload_fields=None)
+        order = np.argsort(got_ids)
+        assert got_ids[order].tolist() == ids.tolist(), (n, ran)
+        np.testing.assert_allclose(got_vecs[order], vecs, atol=1e-6)
+        gens = {p.get("gen") for p in pls}
+        assert gens == ({"new"} if want_new else {None}), f"crash before step {n} ({steps[n - 1]}): {gens}"
+        assert all(p["label"] == f"p{i}" for i, p in zip(got_ids, pls))
+        assert s.search(vecs[3], k=1, filter=Filter.of(leaf_in=[4 % 5]), exact=True)[0].id == 4
+        s.upsert([1000], vecs[:1], [{"leaf": 0}])
+        s.close()
+        assert sorted(p.name for p in path.iterdir()) == ["collection.json", "shard"], n
+        assert open_store(path).count() == len(ids) + 1
+
+
+def test_edge_create_crash_at_every_step_is_complete_or_absent(tmp_path):
+    """Crash collection creation at each step: the collection is then complete (and empty) or cleanly absent,
+    and creating it again works and keeps what is written afterwards."""
+    from plugin.errors import CollectionNotFoundError
+
+    ids, vecs = _points(10)
+    steps = _crash_child(tmp_path / "all", "create", 0)
+    commit = steps.index("replace:collection.json.creating>collection.json")
+    for n in range(1, len(steps) + 1):
+        path = tmp_path / f"crash{n}"
+        ran = _crash_child(path, "create", n)
+        if len(ran) > commit:
+            s = open_store(path)
+            assert s.count() == 0 and s.dim == 16
+            s.close()
+        else:
+            with pytest.raises(CollectionNotFoundError, match="no collection"):
+                open_store(path)
+        s = open_store(path, dim=16)
+        assert set(s.payload_indexes()) >= {"leaf", "synsets"}
+        s.upsert(ids, vecs)
+        s.close()
+        s = open_store(path)
+        assert s.count() == len(ids) and s.search(vecs[2], k=1, exact=True)[0].id == 3
+        s.close()
+        assert sorted(p.name for p in path.iterdir()) == ["collection.json", "shard"], (n, ran)
+
+
+def test_edge_shard_without_collection_json_is_adopted_or_moved_aside(tmp_path, caplog):
+    """A shard whose collection.json is gone (no creation record): re-creating with the dimension and distance
+    its own config records adopts it with its points; another dimension moves it aside, not deleting it."""
+    from plugin.errors import CollectionNotFoundError
+
+    ids, vecs = _points(12)
+    for name in ("same", "other"):
+        s = open_store(tmp_path / name, dim=16)
+        s.upsert(ids, vecs)
+        s.close()
+        (tmp_path / name / "collection.json").unlink()
+        with pytest.raises(CollectionNotFoundError, match="interrupted creation"):
+            open_store(tmp_path / name)
+    s = open_store(tmp_path / "same", dim=16)
+    assert s.count() == len(ids) and s.search(vecs[5], k=1, exact=True)[0].id == 6
     s.close()
-    assert sorted(p.name for p in path.iterdir()) == ["collection.json", "shard"]
+    assert open_store(tmp_path / "same").count() == len(ids)
+    s = open_store(tmp_path / "other", dim=8)
+    assert s.count() == 0 and s.dim == 8
+    s.close()
+    aside = [p for p in (tmp_path / "other").iterdir() if p.name.startswith("shard.orphaned-")]
+    assert len(aside) == 1 and "moved to" in caplog.text and str(aside[0]) in caplog.text
+    s = open_store(tmp_path / "x", dim=16)  # the moved shard is intact: adopt it somewhere else
+    s.close()
+    import shutil
+    shutil.rmtree(tmp_path / "x" / "shard")
+    (tmp_path / "x" / "collection.json").unlink()
+    aside[0].rename(tmp_path / "x" / "shard")
+    assert open_store(tmp_path / "x", dim=16).count() == len(ids)
+
+
+def test_edge_cluster_by_rename_error_keeps_the_store_usable(tmp_path, monkeypatch):
+    """An ordinary error mid-swap (not a crash) is raised, and the open store goes on with one whole shard."""
+    import os
+
+    ids, vecs = _points()
+    s = open_store(tmp_path / "e", dim=16)
+    s.upsert(ids, vecs, [{"leaf": int(i % 5)} for i in ids])
+    real = os.rename
+    failed = []
+
+    def rename(a, b):
+        if os.fspath(b).endswith("shard") and not failed:  # the second rename: shard.next -> shard
+            failed.append(b)
+            raise OSError("EIO")
+        return real(a, b)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="EIO"):
+        s.cluster_by("leaf")
+    assert failed and s.count() == len(ids) and s.search(vecs[0], k=1, exact=True)[0].id == 1
+    s.upsert([99], vecs[:1])
+    s.close()
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["collection.json", "shard"]
+    assert open_store(tmp_path / "e").count() == len(ids) + 1
 
 
 def test_server_store_metadata_persists_beside_its_state(tmp_path, monkeypatch):

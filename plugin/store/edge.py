@@ -11,16 +11,19 @@ second opener gets :class:`StoreLockedError` instead of the engine's ``WouldBloc
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
 from pathlib import Path
 
-
 from plugin.errors import CollectionExistsError, CollectionNotFoundError, HSearchError, StoreLockedError
-from plugin.store.base import DISTANCES, Filter, Hit, NoFacetIndex, Store, to_record, translate_filter
+from plugin.fsutil import atomic_write_bytes, fsync_dir, fsync_tree
+from plugin.store.base import DISTANCES, Filter, Hit, Store, to_record, translate_filter
 
 META_FILE = "collection.json"
+CREATING_FILE = "collection.json.creating"  # a creation in progress: renamed to META_FILE when it completes
+log = logging.getLogger(__name__)
 
 
 def _sort_key(v):
@@ -63,25 +66,73 @@ class EdgeStore(Store):
                 raise CollectionExistsError(
                     f"collection '{self.name}' uses {meta['distance']} distance, not {distance}")
             self.dim, self.distance = int(meta["dim"]), meta["distance"]
+            (self.path / (META_FILE + ".tmp")).unlink(missing_ok=True)  # an interrupted update_meta
             self._recover_rewrite()
             self._shard = self._load(qe)
         elif dim is None:
+            unfinished = " (an interrupted creation left files there; creating it again replaces them)" \
+                if (self.path / CREATING_FILE).exists() or (self.path / "shard").exists() else ""
             raise CollectionNotFoundError(
-                f"no collection at {self.path}: run `hsearch ingest` first or check --store")
+                f"no collection at {self.path}{unfinished}: run `hsearch ingest` first or check --store")
         else:
             if distance not in DISTANCES:
                 raise HSearchError(f"unknown distance '{distance}', expected one of {DISTANCES}")
             if int(dim) < 1:
                 raise HSearchError(f"vector dimension must be >= 1, got {dim}")
             self.dim, self.distance = int(dim), distance
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._shard = qe.EdgeShard.create(str(self.path / "shard"), self._config(qe))
-            tmp = meta_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"name": self.name, "dim": self.dim, "distance": distance,
-                                       "created": time.strftime("%Y-%m-%dT%H:%M:%S")}))
-            os.replace(tmp, meta_path)
-            self.ensure_partition_indexes()
+            self._create(qe)
         self._closed = False
+
+    def _create(self, qe) -> None:
+        """Create the collection so that a crash at any step leaves it complete or cleanly absent.
+
+        ``collection.json`` is written first as ``collection.json.creating``, then the shard (fsynced),
+        and the rename of ``.creating`` to ``collection.json`` is the commit. A directory without
+        ``collection.json`` is no collection; creating it again discards what an unfinished creation left
+        (a shard that never received a point) or, for a shard without the ``.creating`` record (made by an
+        older version, or ``collection.json`` lost), adopts it with its points when its own
+        ``edge_config.json`` records this dimension and distance, and moves it aside otherwise.
+        """
+        meta_path, creating, shard = self.path / META_FILE, self.path / CREATING_FILE, self.path / "shard"
+        self.path.mkdir(parents=True, exist_ok=True)
+        fsync_dir(self.path.parent)
+        meta = {"name": self.name, "dim": self.dim, "distance": self.distance,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if creating.exists():  # an unfinished creation: its shard was never returned to a caller, so it is empty
+            shutil.rmtree(shard, ignore_errors=True)
+        elif shard.exists():
+            if self._orphan_matches(shard):
+                log.warning("collection '%s' at %s: adopting a shard without %s (dim %d, %s)",
+                            self.name, self.path, META_FILE, self.dim, self.distance)
+                atomic_write_bytes(meta_path, json.dumps({**meta, "adopted": True}).encode())
+                self._shard = self._load(qe)
+                self.ensure_partition_indexes()
+                return
+            aside = self.path / f"shard.orphaned-{time.strftime('%Y%m%d-%H%M%S')}"
+            os.rename(shard, aside)
+            fsync_dir(self.path)
+            log.warning("collection '%s' at %s: a shard without %s and not of dim %d / %s was moved to %s",
+                        self.name, self.path, META_FILE, self.dim, self.distance, aside)
+        atomic_write_bytes(creating, json.dumps(meta).encode())
+        self._shard = qe.EdgeShard.create(str(shard), self._config(qe))
+        try:
+            self.ensure_partition_indexes()
+            self._shard.flush()
+            fsync_tree(shard)
+            fsync_dir(self.path)
+            os.replace(creating, meta_path)
+            fsync_dir(self.path)
+        except Exception:
+            self._shard.close()
+            raise
+
+    def _orphan_matches(self, shard: Path) -> bool:
+        """Whether a shard's own config records this collection's dimension and distance."""
+        try:
+            vec = json.loads((shard / "edge_config.json").read_text())["vectors"][""]
+            return int(vec["size"]) == self.dim and str(vec["distance"]).lower() == self.distance
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
 
     def _config(self, qe):
         return qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=self.dim, distance=_distance(qe, self.distance)))
@@ -100,51 +151,91 @@ class EdgeStore(Store):
     def cluster_by(self, field: str = "leaf", batch_size: int = 2048) -> dict:
         """Rewrite the shard so points are stored sorted by ``field`` (a leaf's points contiguous).
 
-        Qdrant scores the points of a filtered exact search by random access; measured at 60k x 1280-d,
-        that costs ~1 us a point against ~0.25 us in a sequential scan, and grouping each leaf's points
-        together (like an IVF list) made routed searches up to 1.7x faster (60k Fashion-MNIST: 2.97 -> 1.77 ms
-        per query scoring 3.8% of the points; docs/results/hkm-fashion-mnist.md). Safe: the
-        new shard is written beside the old one and swapped in by renames; a crash at any point leaves
-        one complete shard, which the next open picks (see ``_recover_rewrite``).
+        Grouping each leaf's points together (like an IVF list) helps a filtered exact search only a
+        little: the one measurement of this layout (../shared/ENVIRONMENT.md, "What qdrant-edge 0.9.0
+        costs per routed point": 60k Fashion-MNIST x 1280-d, the same points scored per query) found
+        0.95 -> 0.86 ms per query at 3.4% of the points scored, about 10% (4-16% across its runs); this
+        repository has no committed before/after run of its own.
+
+        Crash-safe and durable: the new shard is written beside the old one and fsynced, a
+        ``shard.next.complete`` marker commits it, and renames swap it in (each followed by a directory
+        fsync). A crash before the marker leaves the old shard, after it the new one; the next open
+        finishes the swap or rolls it back (see ``_recover_rewrite``).
         """
         qe = _qe()
         t0 = time.perf_counter()
         schema = {name: info.data_type for name, info in self._shard.info().payload_schema.items()}
         ids, vecs, payloads = self.all_vectors(payload_fields=None, batch_size=batch_size)
         order = sorted(range(len(ids)), key=lambda i: (_sort_key(payloads[i].get(field)), ids[i]))
-        nxt, prev, done = self.path / "shard.next", self.path / "shard.prev", self.path / "shard.next.complete"
+        shard, nxt = self.path / "shard", self.path / "shard.next"
+        prev, done = self.path / "shard.prev", self.path / "shard.next.complete"
         shutil.rmtree(nxt, ignore_errors=True)
         new = qe.EdgeShard.create(str(nxt), self._config(qe))
-        for name, dtype in schema.items():
-            new.update(qe.UpdateOperation.create_field_index(name, dtype))
-        for s in range(0, len(order), batch_size):
-            chunk = order[s:s + batch_size]
-            new.update(qe.UpdateOperation.upsert_points([qe.Point(int(ids[i]), vecs[i], payloads[i]) for i in chunk]))
-        new.flush()
-        new.close()
-        done.touch()
+        try:
+            for name, dtype in schema.items():
+                new.update(qe.UpdateOperation.create_field_index(name, dtype))
+            for s in range(0, len(order), batch_size):
+                chunk = order[s:s + batch_size]
+                new.update(qe.UpdateOperation.upsert_points([qe.Point(int(ids[i]), vecs[i], payloads[i])
+                                                             for i in chunk]))
+            new.flush()
+        finally:
+            new.close()
+        fsync_tree(nxt)       # the new shard is on disk before the marker says it is complete
+        fsync_dir(self.path)
+        atomic_write_bytes(done, b"")  # the commit point: from here on, recovery rolls forward
         self._shard.flush()
         self._shard.close()
-        os.rename(self.path / "shard", prev)
-        os.rename(nxt, self.path / "shard")
-        done.unlink()
-        shutil.rmtree(prev, ignore_errors=True)
+        try:
+            os.rename(shard, prev)
+            fsync_dir(self.path)
+            os.rename(nxt, shard)
+            fsync_dir(self.path)
+            done.unlink()
+            fsync_dir(self.path)
+            shutil.rmtree(prev, ignore_errors=True)
+        except Exception as e:  # an ordinary error (not a crash): finish the swap as the next open would
+            try:
+                self._recover_rewrite()
+                self._shard = self._load(qe)
+            except Exception:
+                self._closed = True
+                raise HSearchError(f"the relayout of collection '{self.name}' at {self.path} was interrupted "
+                                   f"({e}): reopen the collection, which finishes it") from e
+            raise
         self._shard = self._load(qe)
         return {"points": len(ids), "seconds": time.perf_counter() - t0}
 
     def _recover_rewrite(self) -> None:
-        """Finish or roll back a ``cluster_by`` that a crash interrupted."""
+        """Finish or roll back a ``cluster_by`` that a crash interrupted.
+
+        Once ``shard.next.complete`` exists, ``shard.next`` is complete and durable: roll forward (swap it
+        in, wherever the renames stopped). Before, roll back: the old shard is ``shard`` (or, should a
+        crash have left it only as ``shard.prev``, that). Leftovers are removed only once ``shard`` exists.
+        """
         shard, nxt = self.path / "shard", self.path / "shard.next"
         prev, done = self.path / "shard.prev", self.path / "shard.next.complete"
+        done_tmp = done.with_name(done.name + ".tmp")
+        if not (nxt.exists() or prev.exists() or done.exists() or done_tmp.exists()):
+            return  # the common case: no relayout was interrupted
+        if done.exists() and nxt.exists():
+            if shard.exists():
+                shutil.rmtree(prev, ignore_errors=True)
+                os.rename(shard, prev)
+                fsync_dir(self.path)
+            os.rename(nxt, shard)
+            fsync_dir(self.path)
+        elif not shard.exists() and prev.exists():
+            os.rename(prev, shard)
+            fsync_dir(self.path)
         if not shard.exists():
-            if nxt.exists() and done.exists():
-                os.rename(nxt, shard)
-            elif prev.exists():
-                os.rename(prev, shard)
-        done.unlink(missing_ok=True)
+            return
+        for marker in (done, done_tmp):
+            marker.unlink(missing_ok=True)
         for leftover in (nxt, prev):
-            if leftover.exists() and shard.exists():
+            if leftover.exists():
                 shutil.rmtree(leftover, ignore_errors=True)
+        fsync_dir(self.path)
 
     # ---- primitives ---------------------------------------------------------------------------
     def _upsert(self, ids, vectors, payloads):
@@ -187,16 +278,6 @@ class EdgeStore(Store):
             return int(self._shard.info().points_count)
         return int(self._shard.count(qe.CountRequest(exact=True, filter=_edge_filter(qe, filter))))
 
-    def _facet(self, key, filter, limit):
-        qe = _qe()
-        try:
-            res = self._shard.facet(qe.FacetRequest(key, limit=limit, exact=True, filter=_edge_filter(qe, filter)))
-        except Exception as e:  # the binding raises a bare Exception
-            if "No appropriate index" in str(e):
-                raise NoFacetIndex(key) from None
-            raise
-        return {h.value: int(h.count) for h in res}
-
     def create_payload_index(self, field_name: str, kind: str) -> None:
         qe = _qe()
         schema = {"integer": qe.PayloadSchemaType.Integer, "keyword": qe.PayloadSchemaType.Keyword}[kind]
@@ -218,9 +299,7 @@ class EdgeStore(Store):
         meta_path = self.path / META_FILE
         data = json.loads(meta_path.read_text())
         data.setdefault("meta", {}).update(values)
-        tmp = meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, meta_path)
+        atomic_write_bytes(meta_path, json.dumps(data, indent=1).encode())
 
     def flush(self) -> None:
         self._shard.flush()
