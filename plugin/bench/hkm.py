@@ -6,6 +6,11 @@ over exact search *on the same engine* (qdrant-edge, exact=True). Same run: fais
 number of lists as the tree has leaves, nprobe swept), faiss exact (flat), and the engine's HNSW (ef
 swept); then incremental ingestion (+20% data through ``Router.add``) against a full rebuild.
 Queries run one at a time (what a user's search does); times include all Python overhead.
+Where a figure does not apply it is ``null`` in the JSON records and ``n/a`` in the tables: operands for
+HNSW (it scores graph neighbours, not a counted partition) and the routing share of faiss IVF and HNSW
+(their coarse search is inside the library call, not timed apart).
+
+``python -m plugin.bench.hkm md RECORDS.json OUT.md`` rewrites the markdown tables from saved records.
 """
 from __future__ import annotations
 
@@ -85,11 +90,13 @@ def run(dataset: str, encoder_name: str = "mobilenet_v2", device: str = "auto", 
                     "exact_ms_per_query": exact_ms, "speedup": 1.0, "route_ms": 0.0})
 
     def add_record(method, mode, k, l, s1, s2, hits, ms, operands, route_ms, extra=None):
+        """``operands`` / ``route_ms`` None: not applicable to the method (null in the record, n/a in tables)."""
         r1, r10 = _recalls(hits, exact_hits, dbl, ql)
+        ops = None if operands is None else float(np.mean(operands))
         rec = {**base, "method": method, "mode": mode, "k": k, "l": l, "s1": s1, "s2": s2, "recall_at_1": r1,
                "recall_at_1_exact": r1_exact, "retention": r1 / r1_exact if r1_exact else None,
-               "recall_at_10": r10, "operands_mean": float(np.mean(operands)),
-               "operands_frac": float(np.mean(operands)) / n_db, "ms_per_query": ms,
+               "recall_at_10": r10, "operands_mean": ops,
+               "operands_frac": None if ops is None else ops / n_db, "ms_per_query": ms,
                "exact_ms_per_query": exact_ms, "speedup": exact_ms / ms, "route_ms": route_ms, **(extra or {})}
         records.append(rec)
         log(_row(rec))
@@ -126,7 +133,7 @@ def run(dataset: str, encoder_name: str = "mobilenet_v2", device: str = "auto", 
         for ef in (16, 32, 64, 128, 256):
             store.search(qv[0], k=10, hnsw_ef=ef)
             res, ms = _timed_search(lambda q: [h.id for h in store.search(q, k=10, hnsw_ef=ef)], qv)
-            add_record("qdrant-edge HNSW", f"hnsw ef={ef}", None, None, None, None, res, ms, [0] * n_q, 0.0,
+            add_record("qdrant-edge HNSW", f"hnsw ef={ef}", None, None, None, None, res, ms, None, None,
                        {"hnsw_ef": ef})
     store.close()
     return records
@@ -159,7 +166,7 @@ def _faiss_baselines(dbv, qv, add_record, trees, n_db, log):
             res, ms = _timed_search(one, qv)
             _, lists = quant.search(qv, nprobe)
             ops = sizes[lists].sum(1)
-            add_record("faiss IVF-Flat", f"ivf{nlist} nprobe={nprobe}", None, None, None, None, res, ms, ops, 0.0,
+            add_record("faiss IVF-Flat", f"ivf{nlist} nprobe={nprobe}", None, None, None, None, res, ms, ops, None,
                        {"nlist": nlist, "nprobe": nprobe})
     faiss.omp_set_num_threads(os.cpu_count() or 1)
 
@@ -227,12 +234,18 @@ def _header() -> str:
             f"{'ops%':>6} {'ms/q':>7} {'route%':>6} {'speedup':>7}")
 
 
+def _pct(part, whole) -> float | None:
+    """100 * part / whole, or None when ``part`` is n/a (None)."""
+    return None if part is None else 100 * part / whole
+
+
 def _row(r: dict) -> str:
     f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
-    route = 100 * r["route_ms"] / r["ms_per_query"] if r.get("route_ms") else 0.0
+    na = lambda v, fmt: "n/a".rjust(int(fmt[1:].split(".")[0])) if v is None else format(v, fmt)  # noqa: E731
     return (f"{r['method']:<20} {r['mode']:<16} {f(r['k'], '>2')} {f(r['l'], '>2')} {f(r['s1'], '>4.2g')} "
             f"{f(r['s2'], '>5.2g')} {r['recall_at_1']:6.4f} {100 * r['retention']:6.2f} {r['recall_at_10']:6.4f} "
-            f"{100 * r['operands_frac']:6.2f} {r['ms_per_query']:7.3f} {route:6.2f} {r['speedup']:7.2f}")
+            f"{na(_pct(r['operands_frac'], 1), '>6.2f')} {r['ms_per_query']:7.3f} "
+            f"{na(_pct(r['route_ms'], r['ms_per_query']), '>6.2f')} {r['speedup']:7.2f}")
 
 
 def plot(records: list[dict], path: str, title: str) -> None:
@@ -294,11 +307,11 @@ def markdown(records: list[dict]) -> str:
     for r in records:
         if r.get("method") == "incremental":
             continue
-        route = 100 * r["route_ms"] / r["ms_per_query"] if r.get("route_ms") else 0.0
+        ops, route = _pct(r["operands_frac"], 1), _pct(r["route_ms"], r["ms_per_query"])
         out.append(f"| {r['method']} | {r['mode']} | {f(r['k'], 'd')} | {f(r['l'], 'd')} | {f(r['s1'], 'g')} | "
                    f"{f(r['s2'], 'g')} | {r['recall_at_1']:.4f} | {100 * r['retention']:.2f}% | "
-                   f"{r['recall_at_10']:.4f} | {100 * r['operands_frac']:.2f}% | {r['ms_per_query']:.3f} | "
-                   f"{route:.1f} | {r['speedup']:.2f}x |")
+                   f"{r['recall_at_10']:.4f} | {'n/a' if ops is None else f'{ops:.2f}%'} | {r['ms_per_query']:.3f} | "
+                   f"{'n/a' if route is None else f'{route:.1f}'} | {r['speedup']:.2f}x |")
     inc = [r for r in records if r.get("method") == "incremental"]
     if inc:
         out += ["", "| incremental scenario | k | l | mode | added | add s | rebuild s (w/o relayout) | time ratio "
@@ -312,6 +325,11 @@ def markdown(records: list[dict]) -> str:
                        f"{r['recall_at_10_rebuild']:.4f} | {r['recall_gap']:+.4f} | {r['splits']} | "
                        f"{r['reassigned']} | {r['leaves_after_add']} / {r['leaves_rebuild']} |")
     return "\n".join(out) + "\n"
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """The JSON records a run wrote (one per line)."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def main(args) -> int:
@@ -328,3 +346,11 @@ def main(args) -> int:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot(records, args.plot, f"{args.dataset}: {records[0]['n_db']} db / {records[0]['n_queries']} queries")
     return 0
+
+
+if __name__ == "__main__":  # python -m plugin.bench.hkm md RECORDS.json OUT.md: tables from saved records
+    import sys
+
+    if len(sys.argv) != 4 or sys.argv[1] != "md":
+        raise SystemExit("usage: python -m plugin.bench.hkm md RECORDS.json OUT.md")
+    Path(sys.argv[3]).write_text(markdown(read_records(sys.argv[2])))
