@@ -91,7 +91,7 @@ def split_leaf(router, lid: int) -> list[int]:
     fold = max(int(router.meta.get("min_leaf_size") or 1), int(router.meta["merge_bound"]))
     groups = _split(vecs, tree.k, tree.metric, fold, int(router.meta.get("seed", 0)) + node + len(ids))
     if len(groups) < 2:
-        return []
+        groups = _halve(vecs)
     new_nodes = []
     for g in groups:
         child = tree.add_node(node, vecs[g].mean(0), is_leaf=True)
@@ -102,6 +102,17 @@ def split_leaf(router, lid: int) -> list[int]:
         tree.counts[child] = len(g)
     tree.retire_leaf(node)
     return [tree.leaf_id[c] for c in new_nodes]
+
+
+def _halve(vecs: np.ndarray) -> list[np.ndarray]:
+    """Two halves split at the median of the first principal direction: the fallback when k-means puts
+    nearly everything in one cluster (near-duplicate images do that), so a leaf past ``split_bound``
+    always splits, into halves no smaller than ``merge_bound`` (the bounds keep split >= 2 x merge)."""
+    centred = vecs - vecs.mean(0)
+    direction = np.linalg.svd(centred, full_matrices=False)[2][0]
+    order = np.argsort(centred @ direction, kind="stable")
+    half = len(order) // 2
+    return [np.sort(order[:half]), np.sort(order[half:])]
 
 
 def merge_leaf(router, lid: int) -> list[int]:
