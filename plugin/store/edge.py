@@ -5,6 +5,10 @@ One collection is one directory::
     <path>/collection.json   name, dim, distance, created (our metadata; Edge has no collection manager)
     <path>/shard/            the EdgeShard (segments + WAL)
 
+Creation and ``cluster_by`` write beside these (``collection.json.creating``, ``shard.next``, ...) and commit
+by a rename followed by a directory fsync; a crash at any step leaves the collection complete or, for a
+creation, cleanly absent (see ``_create`` and ``_recover_rewrite``).
+
 Only one ``EdgeShard`` may hold a directory open at a time (its WAL takes an exclusive lock); a
 second opener gets :class:`StoreLockedError` instead of the engine's ``WouldBlock``.
 """
