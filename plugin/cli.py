@@ -55,7 +55,7 @@ def cmd_ingest(args) -> int:
     from plugin.ingest import ingest
 
     enc = _encoder(args)
-    items = open_loader(args.source, limit=args.limit)
+    items = open_loader(args.source, limit=args.limit, follow_symlinks=args.follow_symlinks)
     total = args.limit
     if args.source.startswith("fashion-mnist") and total is None:
         total = 60000 if args.source.endswith("train") else 10000
@@ -66,12 +66,8 @@ def cmd_ingest(args) -> int:
                        progress=not args.quiet, total=total)
         if router is not None:
             router.save()
-    bad = stats.pop("bad_items")
+    stats.pop("bad_items")  # each was reported once as it was skipped (above the progress bar)
     print(json.dumps(stats))
-    for source, reason in bad[:20]:
-        print(f"skipped: {source}: {reason}", file=sys.stderr)
-    if len(bad) > 20:
-        print(f"... and {len(bad) - 20} more skipped", file=sys.stderr)
     return 0
 
 
@@ -119,17 +115,22 @@ def cmd_search(args) -> int:
         if args.s2 is not None:
             params["s2"] = args.s2
         if router is not None:
-            hits = router.search(vec, k=args.k, mode=args.mode, **params)
+            hits = router.search(vec, k=args.k, mode=args.mode, within=args.within, **params)
             stats = hits.stats
         else:
+            from plugin.router.router import restriction
+
             if args.mode not in ("exact", "auto"):
                 raise HSearchError(f"mode '{args.mode}' needs a router: run `hsearch build` first")
-            hits, stats = store.search(vec, k=args.k, exact=True), {"mode": "exact (no router built)"}
+            hits = store.search(vec, k=args.k, exact=True, filter=restriction(args.within))
+            stats = {"mode": "exact (no router built)", "within": args.within}
     print(f"query: {qsource}" + (f"  [{qlabel}]" if qlabel else ""))
-    print(f"{'rank':>4}  {'score':>7}  {'label':<18} {'wnid':<10} source")
+    print(f"{'rank':>4}  {'score':>7}  {'id':<19}  {'label':<18} {'wnid':<10} source")
     for r, h in enumerate(hits, 1):
         p = h.payload
-        print(f"{r:>4}  {h.score:7.4f}  {str(p.get('label')):<18} {str(p.get('wnid')):<10} {p.get('source')}")
+        more = len(p.get("sources") or ()) - 1  # the same image also came from these
+        print(f"{r:>4}  {h.score:7.4f}  {h.id:<19}  {str(p.get('label')):<18} {str(p.get('wnid')):<10} "
+              f"{p.get('source')}" + (f"  (+{more} more)" if more > 0 else ""))
     shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in stats.items() if k != "leaves"}
     print("stats: " + json.dumps(shown))
     return 0
@@ -159,6 +160,9 @@ def cmd_info(args) -> int:
     store = open_collection(args)
     with store:
         info = store.info()
+        # ids are 63-bit content hashes: show a few, for `search --id` (search prints one per hit too)
+        first = next(store.scroll(batch_size=3, with_vectors=False, payload_fields=["source"]), [])
+        info["example_ids"] = {r.id: r.payload.get("source") for r in first[:3]}
         router = _open_router_if_built(store)
         if router is not None:
             info["router"] = router.describe()
@@ -170,6 +174,13 @@ def cmd_info(args) -> int:
         elif args.plot_tree:
             raise HSearchError("no router to plot: run `hsearch build` first")
     print(json.dumps(info, indent=1, default=str))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from demo.app import serve
+
+    serve(_store_location(args), args.collection, host=args.host, port=args.port, image_roots=args.image_root)
     return 0
 
 
@@ -186,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--no-cache", action="store_true", help="do not use the embedding cache")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--follow-symlinks", action="store_true",
+                   help="also read symlinks that point outside the folder (skipped by default)")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("search", help="nearest images to an image, a stored point or a dataset sample")
@@ -197,8 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--sample", help="LOADER:INDEX, e.g. fashion-mnist:train:17")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--mode", default="auto", help="exact | intensive | relaxed | auto (router modes need `build`)")
-    p.add_argument("--s1", type=float, default=None, help="relaxed search: absolute distance threshold")
+    p.add_argument("--s1", type=float, default=None, help="relaxed search: absolute distance threshold (default: off; its scale depends on the metric)")
     p.add_argument("--s2", type=float, default=None, help="relaxed search: threshold relative to the best node")
+    p.add_argument("--within", action="append", default=None, metavar="WNID",
+                   help="only images under this WordNet synset, e.g. n03380867 (footwear); repeat for several")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("build", help="build the hierarchical k-means router over a collection")
@@ -231,6 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--plot-tree", default=None, metavar="PNG", help="draw the router's tree with leaf labels")
     p.set_defaults(func=cmd_info)
+    p = sub.add_parser("demo", help="the web demo: search by image, browse the WordNet hierarchy, add images")
+    p.add_argument("--collection", default="fashion-mnist",
+                   help="collection to serve (default: fashion-mnist, the one `make run` builds; built if missing)")
+    p.add_argument("--store", default=None,
+                   help="directory of embedded collections, or a Qdrant URL (default: $QDRANT_URL or "
+                        "$HSEARCH_HOME/stores)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 serves the network)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--image-root", action="append", default=[], metavar="DIR",
+                   help="folder the collection was ingested from, whose files the page may show (repeatable)")
+    p.set_defaults(func=cmd_demo)
     return ap
 
 

@@ -75,6 +75,18 @@ def test_build_and_routed_search(capsys, store_dir):
         code, out, _ = run(capsys, "search", "--store", store_dir, "--collection", "fm", "--sample",
                            "fashion-mnist:train:0", "-k", "3", "--mode", mode)
         assert code == 0 and f'"mode": "{mode}"' in out and '"operands": ' in out
+    footwear = {"sandal", "gym", "boot"}  # "gym shoe" splits in two columns
+    for mode in ("exact", "relaxed"):
+        code, out, _ = run(capsys, "search", "--store", store_dir, "--collection", "fm", "--sample",
+                           "fashion-mnist:test:1", "-k", "5", "--mode", mode, "--within", "n03380867")
+        labels = [l.split()[3] for l in out.splitlines() if l.strip()[:1].isdigit()]
+        assert code == 0 and len(labels) == 5 and set(labels) <= footwear, out  # a pullover query, shoes only
+    code, _, err = run(capsys, "search", "--store", store_dir, "--collection", "fm", "--sample",
+                       "fashion-mnist:test:1", "--within", "n0338086")
+    assert code == 2 and "n0338086" in err
+    code, _, err = run(capsys, "search", "--store", store_dir, "--collection", "fm", "--sample",
+                       "fashion-mnist:test:1", "--mode", "intensive", "--s2", "0.1")
+    assert code == 2 and "does not take s2" in err
     # ingest after build goes through the router: new points get a leaf, counts follow
     assert run(capsys, "ingest", "fashion-mnist:test", "--limit", "160", "--store", store_dir,
                "--collection", "fm", "-q")[0] == 0

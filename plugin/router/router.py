@@ -203,7 +203,7 @@ class Router:
         """
         m = get_mode(mode)
         used = m.resolve(params)
-        restrict = _restriction(within, filter)
+        restrict = restriction(within, filter)
         Q = self.prepare_queries(vecs)
         if k < 1:
             raise RouterError(f"k must be >= 1, got {k}")
@@ -319,8 +319,9 @@ def _as_list(within) -> list[str] | None:
     return [within] if isinstance(within, str) else [str(w) for w in within]
 
 
-def _restriction(within, filter: Filter | None) -> Filter | None:
-    """``within`` (validated wnids) and ``filter`` as one :class:`Filter`, or None."""
+def restriction(within, filter: Filter | None = None) -> Filter | None:
+    """``within`` (validated wnids) and ``filter`` as one :class:`Filter`, or None (also for stores
+    searched without a router)."""
     wnids = _as_list(within)
     if wnids is not None:
         from plugin.taxonomy import synsets_of
