@@ -1,8 +1,14 @@
-"""Search modes are a registry: each is one function ``(flat, queries (B, dim), **params) -> list of leaf-id
-arrays`` (or ``None`` for "score everything"), registered by name with the parameters it takes and
-their defaults. ``Router.search(vec, mode=name, **params)`` looks it up; a new method is a new function
-here, not a branch in router.py. A mode reads only the immutable :class:`~plugin.router.tree.FlatTree`
-snapshot it is given, never the live router, so it needs no lock.
+"""Search modes are a registry: each is one function ``(ctx, queries (B, dim), **params) -> search plan``,
+registered by name with the parameters it takes and their defaults. ``Router.search(vec, mode=name,
+**params)`` looks it up and executes the plan; a new method is a new function (here, or in its own
+package calling :func:`register_mode`), not a branch in router.py.
+
+A :class:`Plan` is a list of store :class:`Probe` s (per query: which leaves, which payload filter, how
+many hits) plus an optional per-query ``merge`` that turns the probes' hits into the answer (a
+re-ranking, a fusion of sub-searches) and per-query ``info`` shown in ``stats`` (why these hits). The
+tree modes return the short form, one leaf-id array per query (``None``: score everything), which
+:func:`as_plan` turns into one probe per query. A mode reads the immutable
+:class:`~plugin.router.tree.FlatTree` snapshot in ``ctx.flat``, never the live tree, so it needs no lock.
 
 Parameters are checked before anything runs: an unknown name (``S2=``, or ``s2`` given to intensive)
 is an error that names the mode's parameters, and ``stats`` echo the values actually used.
@@ -17,6 +23,47 @@ import numpy as np
 
 from plugin.errors import RouterError
 from plugin.router import kernels
+
+
+@dataclass(frozen=True)
+class ModeContext:
+    """What a mode may read: the tree snapshot, the store, the router (meta, state dir), and for modes
+    that reason about classes the queries' class probabilities (``probs`` (B, C), columns = ``classes``
+    wnids), passed by the caller as ``router.search(..., probs=p, classes=wnids)``."""
+
+    flat: object
+    store: object
+    router: object
+    probs: np.ndarray | None = None
+    classes: tuple | None = None
+
+
+@dataclass
+class Probe:
+    """One store search: query row ``query``, restricted to ``leaves`` (None: all) and ``filter``."""
+
+    query: int
+    leaves: np.ndarray | None = None
+    filter: object = None
+    k: int | None = None  # None: the k the caller asked for
+
+
+@dataclass
+class Plan:
+    probes: list
+    #: ``merge(query, [hits of each of its probes], k) -> hits``; None: the union of its probes' hits
+    #: by score (one probe: its hits as they are)
+    merge: Callable | None = None
+    info: list | None = None  # per query: a dict merged into its stats
+
+
+def as_plan(out, n_queries: int) -> Plan:
+    """A mode's return value as a :class:`Plan` (tree modes return leaf-id arrays or None)."""
+    if isinstance(out, Plan):
+        return out
+    if out is None:
+        return Plan([Probe(b) for b in range(n_queries)])
+    return Plan([Probe(b, leaves=np.asarray(r)) for b, r in enumerate(out)])
 
 
 @dataclass(frozen=True)
@@ -45,7 +92,7 @@ RELAXED_S2 = 0.04
 
 
 def register_mode(name: str, **defaults):
-    """Register ``fn(flat, Q, **params)`` as search mode ``name`` taking exactly ``defaults``' keys."""
+    """Register ``fn(ctx, Q, **params)`` as search mode ``name`` taking exactly ``defaults``' keys."""
 
     def deco(fn):
         MODES[name] = Mode(name, fn, defaults, (fn.__doc__ or "").strip().split("\n")[0])
@@ -60,26 +107,27 @@ def get_mode(name: str) -> Mode:
     return MODES[name]
 
 
-def _tree_route(flat, Q, mode, s1=-math.inf, s2=0.0):
+def _tree_route(ctx, Q, mode, s1=-math.inf, s2=0.0):
+    flat = ctx.flat
     out, counts = kernels.route_batch(Q, flat.centroids, flat.child_offsets, flat.children, flat.leaf_of_node,
                                       flat.metric, mode, float(s1), float(s2), max(flat.n_leaves, 1))
     return [out[b, :counts[b]] for b in range(len(Q))]
 
 
 @register_mode("exact")
-def exact(flat, Q):
+def exact(ctx, Q):
     """No routing: score every point (the baseline)."""
     return None
 
 
 @register_mode("intensive")
-def intensive(flat, Q):
+def intensive(ctx, Q):
     """One path down the tree, one leaf (paper §3.2.1): the cheapest and least accurate."""
-    return _tree_route(flat, Q, kernels.INTENSIVE)
+    return _tree_route(ctx, Q, kernels.INTENSIVE)
 
 
 @register_mode("relaxed", s1=None, s2=RELAXED_S2)
-def relaxed(flat, Q, s1=None, s2=RELAXED_S2):
+def relaxed(ctx, Q, s1=None, s2=RELAXED_S2):
     """Keep every node within ``s2`` of the level's best (eq. 3), or within ``s1`` absolutely (eq. 2).
 
     ``s1=None`` (the default) switches eq. 2 off under every metric. The paper's absolute threshold
@@ -92,17 +140,17 @@ def relaxed(flat, Q, s1=None, s2=RELAXED_S2):
         raise RouterError(f"relaxed search: s2 must be a finite number >= 0, got {s2}")
     if s1 is not None and not math.isfinite(s1):
         raise RouterError(f"relaxed search: s1 must be a finite number or None (eq. 2 off), got {s1}")
-    return _tree_route(flat, Q, kernels.RELAXED, -math.inf if s1 is None else s1, s2)
+    return _tree_route(ctx, Q, kernels.RELAXED, -math.inf if s1 is None else s1, s2)
 
 
 @register_mode("auto")
-def auto(flat, Q):
+def auto(ctx, Q):
     """Per level, keep the nodes before the largest distance gap (eqs. 6-8): no parameter to tune."""
-    return _tree_route(flat, Q, kernels.AUTO)
+    return _tree_route(ctx, Q, kernels.AUTO)
 
 
 def route(flat, Q: np.ndarray, mode: str, params: dict) -> tuple[list | None, dict]:
-    """Leaf ids per query (None: everything) and the parameters used."""
+    """Leaf ids per query (None: everything) of a tree mode over a snapshot, and the parameters used."""
     m = get_mode(mode)
     used = m.resolve(params)
-    return m.fn(flat, Q, **used), used
+    return m.fn(ModeContext(flat, None, None), Q, **used), used

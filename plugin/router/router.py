@@ -27,7 +27,7 @@ import numpy as np
 from plugin.errors import BadVectorError, EmptyCollectionError, RouterError
 from plugin.router import maintenance
 from plugin.router.kernels import nearest_leaf_batch
-from plugin.router.modes import get_mode
+from plugin.router.modes import ModeContext, as_plan, get_mode, route
 from plugin.router.rwlock import RWLock
 from plugin.router.state import commit_staged, load_committed, save_state, staged_path, state_path
 from plugin.router.tree import Tree, build_tree, check_build_params
@@ -176,30 +176,34 @@ class Router:
         return np.ascontiguousarray(q, np.float32)
 
     def route(self, vecs, mode: str = "auto", **params) -> list[np.ndarray] | None:
-        """Leaf ids each query would score (None = all), without scoring. Lock-free: one snapshot."""
-        m = get_mode(mode)
-        return m.fn(self.flat, self.prepare_queries(vecs), **m.resolve(params))
+        """Leaf ids each query of a tree mode would score (None = all), without scoring. Lock-free."""
+        return route(self.flat, self.prepare_queries(vecs), mode, params)[0]
 
     def search(self, vec, k: int = 10, mode: str = "auto", within=None, filter: Filter | None = None,
-               **params) -> SearchResult:
+               probs=None, classes=None, **params) -> SearchResult:
         q = np.asarray(vec)
         if q.ndim != 1:
             raise RouterError(f"search takes one vector (use search_batch for several), got shape {q.shape}")
-        return self.search_batch(q[None], k, mode, within=within, filter=filter, **params)[0]
+        p = None if probs is None else np.asarray(probs)[None]
+        return self.search_batch(q[None], k, mode, within=within, filter=filter, probs=p, classes=classes,
+                                 **params)[0]
 
     def search_batch(self, vecs, k: int = 10, mode: str = "auto", within=None, filter: Filter | None = None,
-                     **params) -> list[SearchResult]:
+                     probs=None, classes=None, **params) -> list[SearchResult]:
         """Top-``k`` per query under a search mode, optionally restricted to WordNet subtrees.
 
         ``within``: a wnid or a list of wnids; only points whose ``synsets`` payload holds one of them
         (the point's class or any ancestor) are returned. ``filter``: any :class:`Filter` in the store's
         terms, ANDed with the rest. Routing and the restriction combine as leaf ∈ L AND synsets ∋ s.
-        When that returns fewer than ``k`` hits (a subtree that is small, or lies mostly outside the
-        routed leaves), the query is re-scored over the whole restriction without routing: a filter
-        that selects few points is already cheap to score exactly (measured in ENVIRONMENT.md: 0.9 ms
-        for 5% of 100k points), and a user asking for "dogs" expects k dogs when the collection has
-        them. ``stats["widened"]`` says when that happened. An unknown wnid is an error; a subtree
-        with no points gives no hits.
+        When a routed probe returns fewer than its ``k`` hits under a restriction (a subtree that is
+        small, or lies mostly outside the routed leaves), it is re-scored over the whole restriction
+        without routing: a filter that selects few points is already cheap to score exactly (measured
+        in ENVIRONMENT.md: 0.9 ms for 5% of 100k points), and a user asking for "dogs" expects k dogs
+        when the collection has them. ``stats["widened"]`` says when that happened. An unknown wnid is
+        an error; a subtree with no points gives no hits.
+
+        ``probs`` / ``classes``: the queries' class probabilities (B, C) and the wnids of their columns,
+        for modes that reason about the query's class (see ``plugin.semantics``).
         """
         m = get_mode(mode)
         used = m.resolve(params)
@@ -207,39 +211,70 @@ class Router:
         Q = self.prepare_queries(vecs)
         if k < 1:
             raise RouterError(f"k must be >= 1, got {k}")
+        if probs is not None:
+            probs = check_probs(probs, len(Q), classes)
         with self._lock.read():
             flat = self.flat
             n = flat.n_points
             if n == 0 and self.store.count() == 0:
                 raise EmptyCollectionError(f"collection '{self.store.name}' is empty")
             t0 = time.perf_counter()
-            routes = m.fn(flat, Q, **used)
+            ctx = ModeContext(flat, self.store, self, probs, None if classes is None else tuple(classes))
+            plan = as_plan(m.fn(ctx, Q, **used), len(Q))
             t1 = time.perf_counter()
-            if routes is None:
-                filters = [restrict] * len(Q)
-                operands = [n] * len(Q)
-            else:
-                filters = [_and(Filter(leaf_in=tuple(int(x) for x in r) + (UNFILED,)), restrict) for r in routes]
-                operands = [int(flat.leaf_counts[r].sum()) for r in routes]
-            hits = self.store.search_batch(Q, k, filter=filters, exact=True)
-            widened = [restrict is not None and routes is not None and len(h) < k for h in hits]
-            if any(widened):
-                redo = np.flatnonzero(widened)
-                again = self.store.search_batch(Q[redo], k, filter=restrict, exact=True)
-                for b, h in zip(redo, again):
-                    hits[b] = h
+            probe_hits, widened = self._run_probes(Q, plan.probes, k, restrict)
             t2 = time.perf_counter()
         B = len(Q)
+        per_query: list[list[int]] = [[] for _ in range(B)]
+        for i, p in enumerate(plan.probes):
+            per_query[p.query].append(i)
         out = []
         for b in range(B):
-            leaves = [] if routes is None else [int(x) for x in routes[b]]
-            out.append(SearchResult(hits[b], {
-                "mode": mode, **used, "within": _as_list(within), "operands": operands[b],
-                "operands_frac": operands[b] / max(n, 1),
-                "n_leaves": len(leaves) if routes is not None else flat.n_leaves, "leaves": leaves,
-                "widened": widened[b], "route_ms": (t1 - t0) * 1e3 / B, "score_ms": (t2 - t1) * 1e3 / B,
-                "ms": (t2 - t0) * 1e3 / B}))
+            mine = per_query[b]
+            lists = [probe_hits[i] for i in mine]
+            if plan.merge is not None:
+                hits = plan.merge(b, lists, k)
+            elif len(lists) == 1:
+                hits = lists[0]
+            else:
+                hits = _union_by_score(lists, k)
+            routed = [plan.probes[i].leaves for i in mine]
+            leaves = sorted({int(x) for r in routed if r is not None for x in r})
+            everything = any(r is None for r in routed)
+            operands = n if everything else int(flat.leaf_counts[leaves].sum()) if leaves else 0
+            out.append(SearchResult(hits, {
+                "mode": mode, **used, "within": _as_list(within), "operands": operands,
+                "operands_frac": operands / max(n, 1),
+                "n_leaves": flat.n_leaves if everything else len(leaves), "leaves": [] if everything else leaves,
+                "widened": any(widened[i] for i in mine), **(plan.info[b] if plan.info else {}),
+                "route_ms": (t1 - t0) * 1e3 / B, "score_ms": (t2 - t1) * 1e3 / B, "ms": (t2 - t0) * 1e3 / B}))
         return out
+
+    def _run_probes(self, Q, probes, k: int, restrict) -> tuple[list, list[bool]]:
+        """Score every probe (one store batch per distinct k); re-score restricted probes that came back
+        short without their leaf routing."""
+        filters = []
+        for p in probes:
+            f = _and(p.filter, restrict)
+            if p.leaves is not None:
+                f = _and(Filter(leaf_in=tuple(int(x) for x in p.leaves) + (UNFILED,)), f)
+            filters.append(f)
+        hits: list = [None] * len(probes)
+        by_k: dict[int, list[int]] = {}
+        for i, p in enumerate(probes):
+            by_k.setdefault(int(p.k or k), []).append(i)
+        for kk, idx in by_k.items():
+            res = self.store.search_batch(Q[[probes[i].query for i in idx]], kk, filter=[filters[i] for i in idx],
+                                          exact=True)
+            for i, h in zip(idx, res):
+                hits[i] = h
+        widened = [p.leaves is not None and (p.filter is not None or restrict is not None)
+                   and len(hits[i]) < int(p.k or k) for i, p in enumerate(probes)]
+        for i in np.flatnonzero(widened):
+            p = probes[i]
+            hits[i] = self.store.search_batch(Q[p.query:p.query + 1], int(p.k or k),
+                                              filter=_and(p.filter, restrict), exact=True)[0]
+        return hits, widened
 
     # ---- incremental --------------------------------------------------------------------------
     def add(self, ids, vectors, payloads=None, save: bool = False) -> dict:
@@ -339,13 +374,44 @@ def restriction(within, filter: Filter | None = None) -> Filter | None:
     return Filter(leaf_in=base.leaf_in, synsets_any=tuple(wnids), match=base.match)
 
 
-def _and(route: Filter, restrict: Filter | None) -> Filter:
-    if restrict is None:
-        return route
-    leaf_in = route.leaf_in
-    if restrict.leaf_in is not None:
-        leaf_in = tuple(x for x in route.leaf_in if x in set(restrict.leaf_in))
-    return Filter(leaf_in=leaf_in, synsets_any=restrict.synsets_any, match=restrict.match)
+def _and(a: Filter | None, b: Filter | None) -> Filter | None:
+    """Both filters at once. ``leaf_in`` lists intersect; two ``synsets_any`` conditions cannot be
+    expressed in one :class:`Filter` and are refused; ``match`` conditions add up."""
+    if a is None or b is None:
+        return a if b is None else b
+    leaf_in = a.leaf_in if b.leaf_in is None else b.leaf_in if a.leaf_in is None else \
+        tuple(x for x in a.leaf_in if x in set(b.leaf_in))
+    if a.synsets_any is not None and b.synsets_any is not None:
+        syn = tuple(x for x in a.synsets_any if x in set(b.synsets_any))
+        if set(a.synsets_any) != set(syn) and set(b.synsets_any) != set(syn):
+            raise RouterError("cannot combine two different synset restrictions in one search")
+        syn = syn or ("__none__",)
+    else:
+        syn = a.synsets_any if b.synsets_any is None else b.synsets_any
+    return Filter(leaf_in=leaf_in, synsets_any=syn, match=tuple(sorted(set(a.match) | set(b.match))))
+
+
+def _union_by_score(lists: list, k: int) -> list:
+    best: dict = {}
+    for hits in lists:
+        for h in hits:
+            if h.id not in best or h.score > best[h.id].score:
+                best[h.id] = h
+    return sorted(best.values(), key=lambda h: -h.score)[:k]
+
+
+def check_probs(probs, n_queries: int, classes) -> np.ndarray:
+    """Class probabilities (B, C): finite, non-negative, rows summing to 1, one column per class."""
+    p = np.asarray(probs, np.float64)
+    if p.ndim != 2 or p.shape[0] != n_queries:
+        raise RouterError(f"probs must be ({n_queries}, C), got shape {p.shape}")
+    if not np.isfinite(p).all() or (p < 0).any():
+        raise RouterError("probs must be finite and non-negative")
+    if not np.allclose(p.sum(1), 1.0, atol=1e-3):
+        raise RouterError(f"probs rows must sum to 1 (got {p.sum(1)[:3]}...)")
+    if classes is None or len(classes) != p.shape[1]:
+        raise RouterError(f"probs has {p.shape[1]} columns: give classes= with that many wnids")
+    return p
 
 
 def _next_free_leaf_id(store) -> int:
