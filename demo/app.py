@@ -33,23 +33,26 @@ CSS = """
 """
 
 
-class QueryImage(gr.Image):
-    """An image upload that hands the handler the uploaded file's path undecoded.
+def make_query_image(**kwargs) -> gr.Image:
+    """An image upload whose handler gets the uploaded file's path undecoded.
 
-    ``gr.Image`` decodes uploads with PIL before the handler runs, so a file that is not an image (or is
-    a decompression bomb) would end in Gradio's generic error. The demo decodes with the loaders' safe
-    decoding instead, and says what is wrong.
+    ``gr.Image`` decodes uploads with PIL before the handler runs, so a file that is not an image (or a
+    decompression bomb) would end in Gradio's generic error. The demo decodes with the loaders' safe
+    decoding instead and says what is wrong. The override is set on the instance (Gradio calls
+    ``block.preprocess``): a ``gr.Image`` subclass would make Gradio write a ``.pyi`` stub beside this file.
+    Gradio has already checked that the file lies in its upload folder.
     """
+    img = gr.Image(type="filepath", **kwargs)
 
-    def get_block_name(self) -> str:
-        return "image"  # the stock image widget in the browser
-
-    def preprocess(self, payload):
+    def preprocess(payload):
         if payload is None:
             return None
         if payload.path is None:
             raise gr.Error("the upload did not arrive as a file; upload it again")
         return str(payload.path)
+
+    img.preprocess = preprocess
+    return img
 
 
 def _fail(e: Exception) -> str:
@@ -151,9 +154,8 @@ def build_app(service: DemoService) -> gr.Blocks:
             with gr.Tab("Search", id="search"):
                 with gr.Row():
                     with gr.Column(scale=2, min_width=300):
-                        query_image = QueryImage(label="Query image (drop or upload)", type="filepath",
-                                                 sources=["upload", "clipboard"], format="png", height=220,
-                                                 elem_id="query-image")
+                        query_image = make_query_image(label="Query image (drop or upload)", sources=["upload", "clipboard"],
+                                                       format="png", height=220, elem_id="query-image")
                         gr.Markdown("Or click an example (photos from scikit-image, images from the collection):")
                         example_gallery = gr.Gallery(
                             value=[(views.thumb(e.image, 96), e.caption) for e in examples], columns=4, height=250,
