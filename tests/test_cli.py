@@ -35,8 +35,23 @@ def test_ingest_search_info(capsys, store_dir, tmp_path):
     Image.new("RGB", (50, 50), (120, 10, 10)).save(img)
     code, out, _ = run(capsys, "search", "--store", store_dir, "--collection", "fm", "--image", str(img), "-k", "3")
     assert code == 0 and len([l for l in out.splitlines() if l.strip()[:1].isdigit()]) == 3
+    # ids are shown where a user needs them: the id column of search feeds `search --id`
+    header = out.splitlines()[1].split()
+    assert header[:3] == ["rank", "score", "id"]
+    third = rows[2].split()
+    code, out, _ = run(capsys, "search", "--store", store_dir, "--collection", "fm", "--id", third[2], "-k", "2")
+    top = [l.split() for l in out.splitlines() if l.strip()[:1].isdigit()][0]
+    assert code == 0 and top[2] == third[2] and float(top[1]) > 0.9999 and top[-1] == third[-1]
     code, out, _ = run(capsys, "info", "--store", store_dir, "--collection", "fm")
     assert code == 0 and '"points": 60' in out and '"encoder": "mobilenet_v2"' in out
+    import json
+
+    examples = json.loads(out)["example_ids"]
+    from plugin.store import open_store
+
+    with open_store(store_dir, collection="fm") as s:
+        stored = {r.id: r.payload["source"] for r in s.retrieve([int(i) for i in examples])}
+    assert len(examples) == 3 and stored == {int(i): src for i, src in examples.items()}
 
 
 def test_refusals_exit_2_and_change_nothing(capsys, store_dir, tmp_path):
