@@ -51,11 +51,17 @@ def _encoder(args, store=None):
 
 
 def cmd_ingest(args) -> int:
+    from itertools import chain
+
     from loaders import open_loader
     from plugin.ingest import ingest
 
     enc = _encoder(args)
-    items = open_loader(args.source, limit=args.limit, follow_symlinks=args.follow_symlinks)
+    items = iter(open_loader(args.source, limit=args.limit, follow_symlinks=args.follow_symlinks))
+    # loaders are lazy: take the first item now, so a missing folder or dataset fails before a collection
+    # is created for it
+    first = next(items, None)
+    items = chain([first] if first is not None else [], items)
     total = args.limit
     if args.source.startswith("fashion-mnist") and total is None:
         total = 60000 if args.source.endswith("train") else 10000

@@ -214,3 +214,12 @@ def test_symlinks_follow_only_when_asked(tmp_path, capsys):
     args = ["ingest", str(root), "--store", str(tmp_path / "stores"), "--collection", "p", "-q"]
     assert main(args) == 0 and '"added": 0' in capsys.readouterr().out
     assert main(args + ["--follow-symlinks"]) == 0 and '"added": 1' in capsys.readouterr().out
+
+
+def test_missing_folder_fails_before_creating_a_collection(tmp_path, capsys):
+    from plugin.cli import main
+
+    stores = tmp_path / "stores"
+    code = main(["ingest", str(tmp_path / "nope"), "--store", str(stores), "--collection", "p", "-q"])
+    assert code == 2 and "image folder not found" in capsys.readouterr().err
+    assert not (stores / "p").exists()
