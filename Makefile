@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 COLLECTION ?= fashion-mnist
 
-.PHONY: run test setup bench-hkm clean
+.PHONY: run test setup demo demo-screenshot bench-hkm clean
 
 ## Main job on the embedded default: ingest the Fashion-MNIST test split (10k images) with the offline
 ## MobileNetV2 into an embedded Qdrant (qdrant-edge), build the router, answer a query.
@@ -17,6 +17,15 @@ test: setup
 
 setup:
 	@./scripts/setup.sh
+
+## The web demo on the collection `make run` builds (built first if missing): http://127.0.0.1:$(PORT)
+PORT ?= 7860
+demo: setup
+	$(PY) -m plugin.cli demo --collection $(COLLECTION) --port $(PORT)
+
+## Re-take docs/demo.png (the README's screenshot) from the demo in headless Chromium.
+demo-screenshot: setup
+	$(PY) -m demo.screenshot --collection $(COLLECTION) --out docs/demo.png
 
 ## Full benchmark (60k/10k Fashion-MNIST + ImageNet sample); embeddings are cached after the first run.
 ## The arguments are the ones that made the committed docs/results/hkm-*.{json,md,png,log}

@@ -83,18 +83,15 @@ def build_app(service: DemoService) -> gr.Blocks:
             return failed(e)
 
     def on_upload(path, mode, k, within):
-        def go():
-            return service.search_image(service.load_upload(path), mode, k, within)
-
         if path is None:  # the upload was cleared
             return failed(HSearchError("upload an image, pick an example or give a point id")) + (gr.skip(),)
-        return run(go) + ("",)
+        return run(service.search_upload, path, mode, k, within) + ("",)
 
     def on_search(path, point_id, mode, k, within):
         if point_id and str(point_id).strip():
             return run(service.search_point, point_id, mode, k, within)
         if path:
-            return run(lambda: service.search_image(service.load_upload(path), mode, k, within))
+            return run(service.search_upload, path, mode, k, within)
         return failed(HSearchError("upload an image, pick an example or give a point id first"))
 
     def on_example(evt: gr.SelectData, mode, k, within):
@@ -154,14 +151,16 @@ def build_app(service: DemoService) -> gr.Blocks:
             with gr.Tab("Search", id="search"):
                 with gr.Row():
                     with gr.Column(scale=2, min_width=300):
-                        query_image = make_query_image(label="Query image (drop or upload)", sources=["upload", "clipboard"],
-                                                       format="png", height=220, elem_id="query-image")
+                        query_image = make_query_image(label="Query image (drop or upload)",
+                                                       sources=["upload", "clipboard"], format="png", height=220,
+                                                       elem_id="query-image")
                         gr.Markdown("Or click an example (photos from scikit-image, images from the collection):")
                         example_gallery = gr.Gallery(
-                            value=[(views.thumb(e.image, 96), e.caption) for e in examples], columns=4, height=250,
-                            allow_preview=False, show_label=False, interactive=False, elem_id="examples")
-                        query_id = gr.Textbox(label="Or a stored point id", placeholder="e.g. 1742556750346619391",
-                                              elem_id="query-id")
+                            value=[(views.thumb(e.image, 96), e.caption) for e in examples], columns=3, height=300,
+                            format="png", allow_preview=False, show_label=False, interactive=False, elem_id="examples")
+                        some_id = next((e.point_id for e in examples if e.point_id is not None), None)
+                        query_id = gr.Textbox(label="Or a stored point id (press Enter)",
+                                              placeholder=f"e.g. {some_id}" if some_id else "", elem_id="query-id")
                         mode = gr.Radio(choices=modes, value=service.default_mode(), label="Search mode",
                                         elem_id="mode")
                         k = gr.Slider(1, K_MAX, value=10, step=1, label="k (hits)", elem_id="k")
@@ -172,7 +171,7 @@ def build_app(service: DemoService) -> gr.Blocks:
                     with gr.Column(scale=5):
                         status = gr.Markdown(elem_id="search-status")
                         results = gr.Gallery(label="Top hits (click one to see why)", columns=5, height=420,
-                                             object_fit="contain", allow_preview=False, interactive=False,
+                                             format="png", object_fit="contain", allow_preview=False, interactive=False,
                                              elem_id="results")
                         explain = gr.Markdown(elem_id="explain")
                         hit_btn = gr.Button("Search with the clicked hit", size="sm", elem_id="hit-search")

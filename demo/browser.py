@@ -10,7 +10,6 @@ import contextlib
 import os
 import shutil
 import socket
-import time
 
 CHROMIUM = os.environ.get("HSEARCH_CHROMIUM", "/usr/bin/chromium")
 #: Flags from ../shared/ENVIRONMENT.md: no sandbox (containers), no GPU, no background traffic.
@@ -54,14 +53,3 @@ def open_page(b, url: str, viewport=(1400, 1000), timeout_s: float = 30.0):
     page.wait_for_selector("#header", timeout=timeout_s * 1000)
     return page
 
-
-def wait_results(page, previous: str | None = None, timeout_s: float = 30.0) -> str:
-    """Wait until the search status changes from ``previous`` and the request finished; return the status text."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        text = page.inner_text("#search-status")
-        busy = page.locator("#search-status .pending, #results .pending").count() > 0
-        if text.strip() and text != previous and not busy:
-            return text
-        page.wait_for_timeout(20)
-    raise TimeoutError(f"no new search status within {timeout_s} s (still {previous!r})")

@@ -12,6 +12,7 @@ gallery items, ``demo/app.py`` wires it to Gradio. Tests call this module withou
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import threading
@@ -22,7 +23,7 @@ import numpy as np
 
 from demo import hierarchy
 from demo.examples import Example, collection_examples, photo_examples
-from demo.images import Pictures, Uploads
+from demo.images import Pictures
 from loaders.base import Item, open_image_bytes
 from plugin import config
 from plugin.errors import BadImageError, CollectionNotFoundError, HSearchError, UnknownSynsetError
@@ -94,6 +95,15 @@ class Explanation:
     query_path: tuple[str, ...] = field(default_factory=tuple)
 
 
+def read_upload(path: str | os.PathLike) -> bytes:
+    """An uploaded file's bytes, refused before reading when over :data:`MAX_UPLOAD_BYTES`."""
+    size = os.path.getsize(path)
+    if size > MAX_UPLOAD_BYTES:
+        raise BadImageError(f"file is {size / 2**20:.1f} MiB, over the {MAX_UPLOAD_BYTES // 2**20} MiB limit")
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def pick_tree(n: int) -> tuple[int, int]:
     """Branching and height for a router over ``n`` points when the demo has to build one: ``make run``'s
     8x3 for a collection of its size, smaller trees (~10+ points a leaf) for small collections."""
@@ -113,6 +123,7 @@ class DemoService:
         self._counts_lock = threading.Lock()
         self._modes: list[str] | None = None
         self._examples: list[Example] | None = None
+        self._router_takes_probs = "probs" in inspect.signature(router.search).parameters
 
     # ---- opening ------------------------------------------------------------------------------
     @classmethod
@@ -189,10 +200,10 @@ class DemoService:
 
         t = {}
         t0 = time.perf_counter()
-        vec, _ = self._encode(Image.new("RGB", (96, 96), (120, 130, 140)))
+        vec, probs = self._encode(Image.new("RGB", (96, 96), (120, 130, 140)))
         t["encoder_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        self.modes(vec)
+        self.modes(vec, probs)
         t["modes_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         counts = self.synset_counts()
@@ -204,19 +215,25 @@ class DemoService:
         t["examples_s"] = time.perf_counter() - t0
         return t
 
-    def modes(self, probe=None) -> list[str]:
-        """The registered search modes that work on this collection, tried once each: a mode that needs
-        something this collection lacks (a trained head, parameters without defaults) is left out."""
+    def modes(self, probe=None, probe_probs=None) -> list[str]:
+        """The registered search modes that work on this collection, tried once each with a probe query
+        (and its class probabilities, which the semantic modes need): a mode that needs something this
+        collection or encoder lacks is left out, and the reason logged."""
         if self._modes is None:
-            from plugin.router.modes import MODES
+            from plugin.router import modes as registry
 
+            try:
+                registry.get_mode("exact")  # the first lookup loads modes that register themselves on import
+            except HSearchError:
+                pass
             if probe is None:
                 probe = self.router.flat.centroids[0] if len(self.router.flat.centroids) else None
             ok = []
-            for name in MODES:
+            for name in list(registry.MODES):
                 try:
                     if probe is not None:
-                        self.router.search(np.asarray(probe, np.float32), k=1, mode=name)
+                        self.router.search(np.asarray(probe, np.float32), k=1, mode=name,
+                                           **self._class_args(probe_probs))
                     ok.append(name)
                 except Exception as e:  # noqa: BLE001 - any failure hides the mode; the reason is logged
                     log.warning("search mode '%s' left out of the demo: %s", name, e)
@@ -258,11 +275,7 @@ class DemoService:
     # ---- queries ------------------------------------------------------------------------------
     def load_upload(self, path: str | os.PathLike):
         """A query image from an uploaded file: size, type and pixel count checked before decoding."""
-        size = os.path.getsize(path)
-        if size > MAX_UPLOAD_BYTES:
-            raise BadImageError(f"file is {size / 2**20:.1f} MiB, over the {MAX_UPLOAD_BYTES // 2**20} MiB limit")
-        with open(path, "rb") as f:
-            return open_image_bytes(f.read(), max_pixels=MAX_UPLOAD_PIXELS)
+        return open_image_bytes(read_upload(path), max_pixels=MAX_UPLOAD_PIXELS)
 
     def parse_within(self, text: str | None) -> list[str] | None:
         """Subtree restriction from the page's text (wnids or synset names, comma-separated); None if empty."""
@@ -274,9 +287,14 @@ class DemoService:
         t0 = time.perf_counter()
         vec, probs = self._encode(image)
         enc_ms = (time.perf_counter() - t0) * 1e3
-        preds = self._top_classes(probs)
-        return self._search(vec, mode, k, within, compare, t0, enc_ms, preds, preds[0][0] if preds else None,
-                            "uploaded image", image)
+        return self._search(vec, probs, None, mode, k, within, compare, t0, enc_ms, "uploaded image", image)
+
+    def search_upload(self, path: str | os.PathLike, mode=None, k: int = 10, within=None,
+                      compare: bool = True) -> Outcome:
+        """Search with an uploaded file (validated by :meth:`load_upload`); the status names the file."""
+        out = self.search_image(self.load_upload(path), mode, k, within, compare)
+        out.query = f"uploaded image {os.path.basename(str(path))}"
+        return out
 
     def search_example(self, index: int, mode=None, k: int = 10, within=None, compare: bool = True) -> Outcome:
         ex = self.examples()
@@ -300,10 +318,9 @@ class DemoService:
             raise HSearchError(f"no point with id {text} in collection '{self.store.name}'")
         rec = recs[0]
         picture = self.pictures.of(rec.payload)
-        preds = self._top_classes(self._encode(picture)[1]) if picture is not None else []
+        probs = self._encode(picture)[1] if picture is not None else None
         enc_ms = (time.perf_counter() - t0) * 1e3
-        qw = preds[0][0] if preds else rec.payload.get("wnid")
-        out = self._search(rec.vector, mode, k, within, compare, t0, enc_ms, preds, qw,
+        out = self._search(rec.vector, probs, rec.payload.get("wnid"), mode, k, within, compare, t0, enc_ms,
                            f"stored point {rec.id} ({rec.payload.get('label') or 'unlabelled'})", picture)
         out.query_id = rec.id
         return out
@@ -327,7 +344,19 @@ class DemoService:
             out.append((w, lab, float(probs[int(i)])))
         return out
 
-    def _search(self, vec, mode, k, within_text, compare, t0, enc_ms, preds, query_wnid, what, picture) -> Outcome:
+    def _class_args(self, probs) -> dict:
+        """``probs=``/``classes=`` for ``Router.search`` when the encoder is a classifier: the semantic
+        modes rank by the query's predicted class."""
+        classes = getattr(self.encoder, "classes", None)
+        if probs is None or not classes or not self._router_takes_probs:
+            return {}
+        return {"probs": probs, "classes": list(classes)}
+
+    def _search(self, vec, probs, stored_wnid, mode, k, within_text, compare, t0, enc_ms, what,
+                picture) -> Outcome:
+        """``stored_wnid``: the label of a stored query point, the query's class when no probabilities."""
+        preds = self._top_classes(probs)
+        query_wnid = preds[0][0] if preds else stored_wnid
         mode = mode or self.default_mode()
         if mode not in self.modes():
             raise HSearchError(f"unknown search mode '{mode}'; this collection offers {', '.join(self.modes())}")
@@ -336,15 +365,16 @@ class DemoService:
             raise HSearchError(f"k must be between 1 and {K_MAX}, got {k}")
         within = self.parse_within(within_text) if isinstance(within_text, str) or within_text is None \
             else list(within_text)
-        res = self.router.search(vec, k=k, mode=mode, within=within)
+        res = self.router.search(vec, k=k, mode=mode, within=within, **self._class_args(probs))
         exact = None
         if compare and mode != "exact":
             ex = self.router.search(vec, k=k, mode="exact", within=within)
             ids = {h.id for h in ex}
             exact = {"ms": ex.stats["ms"], "operands": ex.stats["operands"],
                      "overlap": sum(h.id in ids for h in res), "of": len(ex)}
-        hits = [HitView(h.id, h.score, h.payload.get("label"), h.payload.get("wnid"), list(h.payload.get("synsets") or []),
-                        h.payload.get("source"), self.pictures.of(h.payload)) for h in res]
+        hits = [HitView(h.id, h.score, h.payload.get("label"), h.payload.get("wnid"),
+                        list(h.payload.get("synsets") or []), h.payload.get("source"), self.pictures.of(h.payload))
+                for h in res]
         flat = self.router.flat
         return Outcome(hits, dict(res.stats), mode, k, within, int(flat.n_points), int(flat.n_leaves), enc_ms,
                        (time.perf_counter() - t0) * 1e3, exact, preds, query_wnid, what, picture)
@@ -389,11 +419,7 @@ class DemoService:
         rows, items, pending = [], [], {}
         for name, p in files:
             try:
-                size = os.path.getsize(p)
-                if size > MAX_UPLOAD_BYTES:
-                    raise BadImageError(f"file is {size / 2**20:.1f} MiB, over the {MAX_UPLOAD_BYTES // 2**20} MiB limit")
-                with open(p, "rb") as f:
-                    data = f.read()
+                data = read_upload(p)
                 open_image_bytes(data, max_pixels=MAX_UPLOAD_PIXELS)
             except (BadImageError, OSError) as e:
                 rows.append(AddRow(name, "rejected", str(e)))

@@ -64,6 +64,8 @@ def within_text(wnids) -> str:
 
 def status_md(outcome) -> str:
     s = f"**{len(outcome.hits)} hits** for {esc(outcome.query)} · mode **{outcome.mode}** · k={outcome.k}"
+    if outcome.stats.get("query_label"):  # semantic modes rank by the query's predicted class
+        s += f" · ranked by the query's class **{esc(outcome.stats['query_label'])}**"
     if outcome.within:
         s += f" · within {within_text(outcome.within)}"
         if outcome.stats.get("widened"):
@@ -111,8 +113,13 @@ def cost_md(outcome) -> str:
     ex_ops = ex["operands"] if ex else st["operands"]
     rows.append(f"| points scored | {st['operands']:,} ({st['operands'] / n:.1%}) | "
                 f"{ex_ops:,} ({ex_ops / n:.1%}) |")
-    rows.append(f"| leaves scored | {leaves} of {outcome.n_leaves} | all {outcome.n_leaves} |"
-                if outcome.mode != "exact" else f"| leaves scored | all {outcome.n_leaves} | all {outcome.n_leaves} |")
+    if outcome.mode == "exact" or (st["operands"] >= n and not leaves):
+        mine = f"all {outcome.n_leaves}"
+    elif leaves:
+        mine = f"{leaves} of {outcome.n_leaves}"
+    else:
+        mine = "none: the points were picked by a payload filter"
+    rows.append(f"| leaves scored | {mine} | all {outcome.n_leaves} |")
     ex_ms = f"{ex['ms']:.2f}" if ex else f"{st['ms']:.2f}"
     rows.append(f"| milliseconds (route + score) | {st['ms']:.2f} ({st.get('route_ms', 0):.2f} + "
                 f"{st.get('score_ms', 0):.2f}) | {ex_ms} |")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from demo_collection import (FOOTWEAR, PHOTOS, demo_service, fashion_png, first_train_index, photo_dir,  # noqa: F401
+from demo_collection import (FOOTWEAR, demo_service, fashion_png, first_train_index, photo_dir,  # noqa: F401
                              png_bytes, upload_file)
 
 from demo.browser import chromium_path

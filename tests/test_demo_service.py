@@ -251,7 +251,8 @@ def test_two_threads_search_while_a_third_adds(demo_service, upload_file):
             errors.append(e)
 
     n0 = demo_service.store.count()
-    threads = [threading.Thread(target=searcher, args=(m,)) for m in ("relaxed", "exact")] + [threading.Thread(target=adder)]
+    threads = [threading.Thread(target=searcher, args=(m,)) for m in ("relaxed", "exact")]
+    threads.append(threading.Thread(target=adder))
     for t in threads:
         t.start()
     for t in threads:
@@ -297,3 +298,25 @@ def test_query_vectors_match_the_ingest_encoder(demo_service):
                if str(r.payload.get("key", "")).startswith("fashion-mnist:"))
     vec, _ = demo_service._encode(demo_service.pictures.of(rec.payload))
     assert np.dot(vec, rec.vector) > 0.9999
+
+
+def test_default_collection_is_built_when_missing_on_the_server_backend(monkeypatch, mobilenet):
+    """What the docker-compose demo does against an empty Qdrant server (here qdrant-client's local mode,
+    with the Fashion-MNIST ingest cut to 200 images): ingest, build the router, serve searches and facets."""
+    import loaders
+
+    from demo.service import DEFAULT_COLLECTION, DemoService
+
+    real = loaders.fashion_mnist_items
+    monkeypatch.setattr(loaders, "fashion_mnist_items", lambda split="test", limit=None: real(split, limit=200))
+    said = []
+    svc = DemoService.open(":memory:", DEFAULT_COLLECTION, encoder=mobilenet, echo=said.append)
+    try:
+        assert type(svc.store).__name__ == "ServerStore" and svc.store.count() == 200
+        assert any("ingesting" in m for m in said) and any("building the router" in m for m in said)
+        assert svc.router.flat.n_points == 200
+        assert svc.synset_counts()["n00001740"] == 200
+        out = svc.search_point(str(next(svc.store.scroll(batch_size=1))[0].id), "relaxed", k=5, within=FOOTWEAR)
+        assert all(FOOTWEAR in h.synsets for h in out.hits)
+    finally:
+        svc.close()
