@@ -24,7 +24,7 @@ def register_encoder(name: str, doc: str = ""):
 
 def _ensure_loaded():
     # import for the side effect of registering; each module imports torch lazily
-    from plugin.encoders import clip, torchvision_models  # noqa: F401
+    from plugin.encoders import clip, handcrafted, torchvision_models  # noqa: F401
 
 
 def list_encoders() -> dict[str, str]:
