@@ -58,11 +58,20 @@ class Encoder:
     default_batch_size: int = 16
     #: CNNs run ~2.5x faster on CPU in channels-last layout (measured: MobileNetV2 15 vs 40 ms/image)
     channels_last: bool = False
+    #: a head from ``plugin.semantics.head`` replacing the model's own class probabilities, or None
+    head = None
 
     def __init__(self, device: str = "auto"):
         self.device = resolve_device(device)
         self.model = None
         self.preprocess = None
+        self.head = None
+
+    def attach_head(self, head, classes) -> None:
+        """Replace the class probabilities by a head trained on this encoder's normalised vectors
+        (``plugin.semantics.head``); ``classes`` are its wnids in logit order."""
+        self.head = head.to(self.device).eval()
+        self.classes = list(classes)
 
     # subclasses -----------------------------------------------------------------------------------
     def _forward(self, batch):
@@ -101,6 +110,8 @@ class Encoder:
                     x = x.contiguous(memory_format=torch.channels_last)
                 f, logits = self._forward(x)
                 f = torch.nn.functional.normalize(f.float(), dim=1)
+                if self.head is not None:
+                    logits = self.head(f)
                 feats.append(f.cpu().numpy())
                 if want_probs and logits is not None:
                     probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())

@@ -38,6 +38,8 @@ def create_encoder(name: str, pretrained: str | None = "default", device: str = 
 
     ``pretrained="default"`` means the weights the registry knows for that name (the offline ones for
     mobilenet_v2 / efficientnet_lite*, none for families that need a user-provided checkpoint).
+    ``head="file.pt"`` attaches a classification head trained with ``hsearch train`` on this encoder's
+    vectors: ``predict_proba`` then gives probabilities over that head's wnids.
     """
     _ensure_loaded()
     if name in _REGISTRY:
@@ -51,7 +53,13 @@ def create_encoder(name: str, pretrained: str | None = "default", device: str = 
         raise UnknownEncoderError(
             f"unknown encoder '{name}'. Known: {', '.join(list_encoders())} (families take an architecture, "
             "e.g. clip:ViT-B-32)")
+    head = kwargs.pop("head", None)
     enc = factory(arch, pretrained=pretrained, device=device, **kwargs)
     enc.name = name
+    if head is not None:  # a head trained by `hsearch train` on this encoder's vectors
+        from plugin.semantics.head import load_head
+
+        module, classes, _ = load_head(head, encoder=name, dim=enc.dim)
+        enc.attach_head(module, classes)
     enc.weights = pretrained if pretrained != "default" else "default"
     return enc

@@ -46,6 +46,7 @@ class Probe:
     leaves: np.ndarray | None = None
     filter: object = None
     k: int | None = None  # None: the k the caller asked for
+    operands: int | None = None  # points it scores, when the mode knows (a filter's size); for stats
 
 
 @dataclass
@@ -83,6 +84,24 @@ class Mode:
 
 
 MODES: dict[str, Mode] = {}
+#: Packages whose modes register themselves on import (loaded on first lookup, like the encoder registry).
+EXTENSIONS = ("plugin.semantics.modes",)
+_loaded = False
+
+
+def _ensure_loaded() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        import importlib
+
+        for mod in EXTENSIONS:
+            importlib.import_module(mod)
+
+
+def available_modes() -> list[str]:
+    _ensure_loaded()
+    return sorted(MODES)
 
 #: Relaxed-search default, chosen on Fashion-MNIST 60k / MobileNetV2 (docs/results/hkm-fashion-mnist.md,
 #: rows ``relaxed s2=0.04``): it keeps >= 99.7% of exact Recall@1 on every tree tried, with recall@10
@@ -102,6 +121,7 @@ def register_mode(name: str, **defaults):
 
 
 def get_mode(name: str) -> Mode:
+    _ensure_loaded()
     if name not in MODES:
         raise RouterError(f"unknown search mode '{name}'; known: {', '.join(sorted(MODES))}")
     return MODES[name]

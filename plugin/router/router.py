@@ -76,6 +76,7 @@ class Router:
         metric = metric or STORE_METRIC[store.distance]
         n = store.count()
         check_build_params(n, k, l, metric, max_leaf_size, min_leaf_size)
+        store.ensure_partition_indexes()
         t0 = time.perf_counter()
         ids, vecs, _ = store.all_vectors()
         t_read = time.perf_counter() - t0
@@ -133,6 +134,7 @@ class Router:
             raise RouterError(f"router was built for {meta['dim']}-d vectors, the collection holds {store.dim}-d")
         tree = Tree.from_arrays(meta["dim"], meta["metric"], meta["k"], meta["l"], meta["next_leaf_id"], arrays)
         router = cls(store, tree, meta, owns_store=owns)
+        store.ensure_partition_indexes()  # collections from older versions lack the `wnid` index
         if reconcile and not router.check()["consistent"]:
             router.reconcile()
         return router
@@ -240,8 +242,9 @@ class Router:
                 hits = _union_by_score(lists, k)
             routed = [plan.probes[i].leaves for i in mine]
             leaves = sorted({int(x) for r in routed if r is not None for x in r})
-            everything = any(r is None for r in routed)
-            operands = n if everything else int(flat.leaf_counts[leaves].sum()) if leaves else 0
+            everything = any(plan.probes[i].leaves is None and plan.probes[i].operands is None for i in mine)
+            hinted = sum(plan.probes[i].operands or 0 for i in mine)
+            operands = n if everything else hinted + (int(flat.leaf_counts[leaves].sum()) if leaves else 0)
             out.append(SearchResult(hits, {
                 "mode": mode, **used, "within": _as_list(within), "operands": operands,
                 "operands_frac": operands / max(n, 1),

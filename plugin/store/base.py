@@ -18,7 +18,9 @@ import numpy as np
 from plugin.errors import BadVectorError, EmptyCollectionError, HSearchError
 
 DISTANCES = ("cosine", "dot", "euclid")
-PARTITION_FIELDS = {"leaf": "integer", "synsets": "keyword"}
+#: Payload fields searches filter or facet on, each with a payload index: the k-means leaf, the WordNet
+#: synsets (class + ancestors) and the class itself (category-first search lists classes by facet).
+PARTITION_FIELDS = {"leaf": "integer", "synsets": "keyword", "wnid": "keyword"}
 MAX_ID = 2**63 - 1
 
 
@@ -51,6 +53,8 @@ class Hit:
     id: int
     score: float
     payload: dict = field(default_factory=dict)
+    #: why a search mode returned it (e.g. the query's predicted class, their LCA), when it says
+    why: dict | None = None
 
 
 @dataclass

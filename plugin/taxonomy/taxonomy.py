@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 import warnings
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -73,6 +73,26 @@ def hypernym_depths(synset) -> dict:
     for s, d in synset.hypernym_distances():
         if d < best.get(s, 1 << 30):
             best[s] = d
+    return best
+
+
+@lru_cache(maxsize=65536)
+def _depths_by_wnid(wnid: str) -> dict:
+    return {wnid_of(a): d for a, d in hypernym_depths(synset_of(wnid)).items()}
+
+
+def pair_relation(a: str, b: str) -> tuple[int, int, str]:
+    """(path distance, LCA height, LCA wnid) of two noun wnids, by the same rule as :class:`Taxonomy`'s
+    matrices (shortest path through a common hypernym; ties pick the lower height, then the wnid), for
+    classes outside any fixed class list (a query's predicted ImageNet class against a collection's)."""
+    da, db = _depths_by_wnid(a), _depths_by_wnid(b)
+    best = None
+    for c in da.keys() & db.keys():
+        key = (da[c] + db[c], max(da[c], db[c]), c)
+        if best is None or key < best:
+            best = key
+    if best is None:  # every noun reaches entity.n.01; only a malformed pair gets here
+        raise UnknownSynsetError(f"{a} and {b} share no hypernym")
     return best
 
 
