@@ -52,6 +52,7 @@ class HitView:
     synsets: list[str]
     source: str | None
     picture: object = None  # PIL image, or None when it cannot be shown
+    why: dict | None = None  # what a semantic mode says about the hit (query class, LCA, weighted distance)
 
 
 @dataclass
@@ -373,7 +374,8 @@ class DemoService:
             exact = {"ms": ex.stats["ms"], "operands": ex.stats["operands"],
                      "overlap": sum(h.id in ids for h in res), "of": len(ex)}
         hits = [HitView(h.id, h.score, h.payload.get("label"), h.payload.get("wnid"),
-                        list(h.payload.get("synsets") or []), h.payload.get("source"), self.pictures.of(h.payload))
+                        list(h.payload.get("synsets") or []), h.payload.get("source"), self.pictures.of(h.payload),
+                        getattr(h, "why", None))
                 for h in res]
         flat = self.router.flat
         return Outcome(hits, dict(res.stats), mode, k, within, int(flat.n_points), int(flat.n_leaves), enc_ms,

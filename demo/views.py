@@ -148,6 +148,10 @@ def explain_md(ex) -> str:
                      f"**{hierarchy.label(ex.lca)}** `{ex.lca}` — {ex.up_from_hit} step(s) up from the hit, "
                      f"{ex.up_from_query} up from the query's class; {ex.lca_count} images of this collection "
                      "lie under it.")
+    if h.why and "weighted_distance" in h.why:
+        lines.append(f"**Ranked by the mode:** distance {h.why['distance']:.4f} stretched to "
+                     f"{h.why['weighted_distance']:.4f} by the WordNet height {h.why.get('lca_height')} of the LCA "
+                     f"({esc(h.why.get('lca_label') or '—')}) with the query's class.")
     return "\n\n".join(lines)
 
 

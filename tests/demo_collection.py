@@ -3,7 +3,8 @@ $HSEARCH_HOME: 400 Fashion-MNIST test images, four scikit-image photos saved as 
 every 12th ImageNet-sample photo when ../shared/data/imagenet-sample is present. The demo opens it the
 way ``hsearch demo`` does (``DemoService.open``: it builds the router because none exists yet).
 
-Import the fixtures into a test module (``from demo_collection import demo_service``) to share them.
+Import the fixtures into a test module (``from demo_collection import demo_service``) to use them; the
+collection is built once (ingest is idempotent), the service opened and closed per module.
 """
 from __future__ import annotations
 
@@ -65,9 +66,10 @@ def photo_dir():
     return d
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def demo_service(photo_dir, mobilenet):
-    """The demo's service over the test collection (one opener for the whole session, as in the app)."""
+    """The demo's service over the test collection, one per test module (as in the app, one opener: each
+    module that imports this fixture gets its own definition, so a session scope would open it twice)."""
     from demo.service import DemoService
     from loaders import fashion_mnist_items, folder_items, imagenet_sample_items
     from loaders.imagenet_sample import sample_dir
