@@ -47,7 +47,9 @@ def _encoder(args, store=None):
     weights = args.weights
     if weights == "default" and store is not None and store.get_meta().get("encoder") == name:
         weights = store.get_meta().get("weights", "default")
-    return create_encoder(name, pretrained=None if weights == "none" else weights, device=args.device)
+    head = getattr(args, "head", None)
+    return create_encoder(name, pretrained=None if weights == "none" else weights, device=args.device,
+                          **({"head": head} if head else {}))
 
 
 def cmd_ingest(args) -> int:
@@ -90,10 +92,11 @@ def _query_vector(args, store, enc):
         recs = store.retrieve([args.id], with_vectors=True)
         if not recs:
             raise HSearchError(f"no point with id {args.id} in collection '{store.name}'")
-        return recs[0].vector, recs[0].payload.get("label"), recs[0].payload.get("source")
+        p = recs[0].payload
+        return recs[0].vector, p.get("label"), p.get("source"), None, p.get("wnid")
     if args.image:
         img = open_image_file(args.image)
-        return enc.encode([img])[0], None, args.image
+        return enc.encode([img])[0], None, args.image, img, None
     spec, _, index = args.sample.rpartition(":")
     if not spec or not index.isdigit():
         raise HSearchError("--sample takes LOADER:INDEX, e.g. fashion-mnist:train:17")
@@ -106,16 +109,37 @@ def _query_vector(args, store, enc):
         from plugin.taxonomy import synset_payload
 
         label = synset_payload(item.wnid)["label"]
-    return enc.encode([item.load()])[0], label, item.source
+    img = item.load()
+    return enc.encode([img])[0], label, item.source, img, None
+
+
+#: modes that reason about the query's class (plugin.semantics.modes)
+CLASS_MODES = ("weighted", "category_first")
+
+
+def _query_class_params(args, store, enc, image, stored_wnid) -> dict:
+    """How a class-aware mode learns the query's class: --query-class, a stored point's own label, or the
+    classifier's probabilities on the query image (the collection's encoder, or --head)."""
+    if args.query_class:
+        return {"query_class": args.query_class}
+    if image is None:
+        if not stored_wnid:
+            raise HSearchError(f"point {args.id} has no label: give --query-class WNID for mode '{args.mode}'")
+        return {"query_class": stored_wnid}
+    enc = enc or _encoder(args, store)
+    probs = enc.predict_proba([image])
+    return {"probs": probs[0], "classes": enc.classes}
 
 
 def cmd_search(args) -> int:
     store = open_collection(args)
     with store:
         enc = _encoder(args, store) if args.id is None else None
-        vec, qlabel, qsource = _query_vector(args, store, enc)
+        vec, qlabel, qsource, image, stored_wnid = _query_vector(args, store, enc)
         router = _open_router_if_built(store)
         params = {}
+        if args.mode in CLASS_MODES:
+            params.update(_query_class_params(args, store, enc, image, stored_wnid))
         if args.s1 is not None:
             params["s1"] = args.s1
         if args.s2 is not None:
@@ -153,6 +177,35 @@ def cmd_build(args) -> int:
         router = Router.build(store, k=args.branching, l=args.levels, max_leaf_size=args.max_leaf_size,
                               min_leaf_size=args.min_leaf_size, seed=args.seed)
         print(json.dumps({**router.describe(), **{k: round(v, 2) for k, v in router.build_stats.items()}}))
+    return 0
+
+
+def cmd_train(args) -> int:
+    """Train a classification head on the collection's stored vectors and labels (no image is re-read)."""
+    import numpy as np
+
+    from plugin.semantics.trainer import train_head
+
+    store = open_collection(args)
+    with store:
+        ids, vecs, pls = store.all_vectors(payload_fields=["wnid"])
+        meta = store.get_meta()
+        out = args.out or os.path.join(store.state_dir(), "heads", "hier" if args.lam else "ce")
+    labelled = [i for i, p in enumerate(pls) if p.get("wnid")]
+    if len(labelled) < 2:
+        raise HSearchError(f"collection '{args.collection}' has {len(labelled)} labelled points: need labels to train")
+    wnids = [pls[i]["wnid"] for i in labelled]
+    classes = sorted(set(wnids))
+    if len(classes) < 2:
+        raise HSearchError("all labelled points have the same class: nothing to learn")
+    y = np.asarray([classes.index(w) for w in wnids])
+    _, hist = train_head(vecs[labelled], y, classes, encoder=meta.get("encoder", "unknown"), out_dir=out,
+                         lam=args.lam, margin=args.margin, weight_scale=args.weight_scale, hidden=args.hidden,
+                         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                         device=args.device, progress=not args.quiet)
+    print(json.dumps({"head": os.path.join(out, "head.pt"), "classes": len(classes), "points": len(labelled),
+                      "epochs": hist["epoch"][-1], "loss": hist["loss"][-1], "train_acc": hist["train_acc"][-1],
+                      "plot": os.path.join(out, "loss.png")}))
     return 0
 
 
@@ -215,9 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--id", type=int, help="id of a stored point")
     q.add_argument("--sample", help="LOADER:INDEX, e.g. fashion-mnist:train:17")
     p.add_argument("-k", type=int, default=10)
-    p.add_argument("--mode", default="auto", help="exact | intensive | relaxed | auto (router modes need `build`)")
+    p.add_argument("--mode", default="auto", help="exact | intensive | relaxed | auto | weighted | category_first "
+                   "(all but exact need `build`)")
     p.add_argument("--s1", type=float, default=None, help="relaxed search: absolute distance threshold (default: off; its scale depends on the metric)")
     p.add_argument("--s2", type=float, default=None, help="relaxed search: threshold relative to the best node")
+    p.add_argument("--query-class", default=None, metavar="WNID",
+                   help="weighted / category_first: the query's class (default: the classifier's prediction)")
+    p.add_argument("--head", default=None, help="a head trained by `hsearch train` for the query's class probabilities")
     p.add_argument("--within", action="append", default=None, metavar="WNID",
                    help="only images under this WordNet synset, e.g. n03380867 (footwear); repeat for several")
     p.set_defaults(func=cmd_search)
@@ -247,6 +304,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--skip-incremental", action="store_true")
     b.add_argument("--skip-baselines", action="store_true")
     b.set_defaults(func=cmd_bench_hkm)
+
+    p = sub.add_parser("train", help="train a classification head (hierarchical loss or flat CE) on a collection")
+    _add_common(p)
+    p.add_argument("--lam", type=float, default=0.5, help="weight of the hierarchical term (0 = flat cross-entropy)")
+    p.add_argument("--margin", type=float, default=0.2, help="margin m for unrelated classes (eq. 4)")
+    p.add_argument("--weight-scale", type=float, default=0.3, help="alpha of the weights w_ij (eq. 6)")
+    p.add_argument("--hidden", type=int, default=0, help="hidden projection width (0: linear head)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu | cuda (the head is small: CPU takes seconds)")
+    p.add_argument("--out", default=None, help="output folder (default: <collection state>/heads/hier|ce); "
+                   "re-running resumes")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("info", help="collection statistics")
     _add_common(p)

@@ -182,3 +182,26 @@ def test_category_first_returns_only_the_chosen_categories(labelled_router):
     assert res.stats["operands"] == sum(w in chosen for w in wnids)
     sub = r.search(vecs[0], k=5, mode="category_first", query_class=boot, within="n03380867")
     assert all("n03380867" in h.payload["synsets"] for h in sub)  # and the subtree filter still holds
+
+
+def test_cli_train_then_weighted_search(capsys, tmp_path):
+    import json
+
+    from plugin.cli import main
+
+    store = str(tmp_path / "stores")
+    common = ["--store", store, "--collection", "fm"]
+    assert main(["ingest", "fashion-mnist:test", "--limit", "150", "-q", *common]) == 0
+    assert main(["build", "-k", "3", "-l", "2", *common]) == 0
+    capsys.readouterr()
+    assert main(["train", "--epochs", "15", "-q", "--out", str(tmp_path / "h"), *common]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["classes"] == 10 and info["points"] == 150 and info["train_acc"] > 0.6
+    for mode in ("weighted", "category_first"):
+        code = main(["search", "--sample", "fashion-mnist:train:0", "-k", "5", "--mode", mode, "--head",
+                     str(tmp_path / "h" / "head.pt"), *common])
+        out = capsys.readouterr().out
+        qc = json.loads(out.split("stats: ")[1])["query_class"]
+        assert code == 0 and qc in {"n02872752", "n03472535", "n04133789"}, out  # an ankle boot: footwear
+    assert main(["search", "--sample", "fashion-mnist:train:0", "--mode", "weighted", *common]) == 0
+    assert '"query_class": "n' in capsys.readouterr().out  # ImageNet classifier's own prediction
