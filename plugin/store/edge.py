@@ -23,7 +23,7 @@ from pathlib import Path
 
 from plugin.errors import CollectionExistsError, CollectionNotFoundError, HSearchError, StoreLockedError
 from plugin.fsutil import atomic_write_bytes, fsync_dir, fsync_tree
-from plugin.store.base import DISTANCES, Filter, Hit, Store, to_record, translate_filter
+from plugin.store.base import DISTANCES, Filter, Hit, NoFacetIndex, Store, to_record, translate_filter
 
 META_FILE = "collection.json"
 CREATING_FILE = "collection.json.creating"  # a creation in progress: renamed to META_FILE when it completes
@@ -281,6 +281,16 @@ class EdgeStore(Store):
         if filter is None:  # ~0.01 ms, where an exact count scans (~5 ms at 60k points)
             return int(self._shard.info().points_count)
         return int(self._shard.count(qe.CountRequest(exact=True, filter=_edge_filter(qe, filter))))
+
+    def _facet(self, key, filter, limit):
+        qe = _qe()
+        try:
+            res = self._shard.facet(qe.FacetRequest(key, limit=limit, exact=True, filter=_edge_filter(qe, filter)))
+        except Exception as e:  # the binding raises a bare Exception
+            if "No appropriate index" in str(e):
+                raise NoFacetIndex(key) from None
+            raise
+        return {h.value: int(h.count) for h in res}
 
     def create_payload_index(self, field_name: str, kind: str) -> None:
         qe = _qe()
