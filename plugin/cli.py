@@ -48,6 +48,12 @@ def _encoder(args, store=None):
     if weights == "default" and store is not None and store.get_meta().get("encoder") == name:
         weights = store.get_meta().get("weights", "default")
     head = getattr(args, "head", None)
+    if head and not os.path.isfile(head) and store is not None:  # a name: a head `hsearch train` saved
+        named = os.path.join(store.state_dir(), "heads", head, "head.pt")
+        if not os.path.isfile(named):
+            raise HSearchError(f"no head file {head} and no head named '{head}' in {store.state_dir()}/heads "
+                               "(train one with `hsearch train`)")
+        head = named
     return create_encoder(name, pretrained=None if weights == "none" else weights, device=args.device,
                           **({"head": head} if head else {}))
 
@@ -190,7 +196,7 @@ def cmd_train(args) -> int:
     with store:
         ids, vecs, pls = store.all_vectors(payload_fields=["wnid"])
         meta = store.get_meta()
-        out = args.out or os.path.join(store.state_dir(), "heads", "hier" if args.lam else "ce")
+        out = args.out or os.path.join(store.state_dir(), "heads", args.name or ("hier" if args.lam else "ce"))
     labelled = [i for i, p in enumerate(pls) if p.get("wnid")]
     if len(labelled) < 2:
         raise HSearchError(f"collection '{args.collection}' has {len(labelled)} labelled points: need labels to train")
@@ -274,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--s2", type=float, default=None, help="relaxed search: threshold relative to the best node")
     p.add_argument("--query-class", default=None, metavar="WNID",
                    help="weighted / category_first: the query's class (default: the classifier's prediction)")
-    p.add_argument("--head", default=None, help="a head trained by `hsearch train` for the query's class probabilities")
+    p.add_argument("--head", default=None, help="head file, or name (hier, ce) of one `hsearch train` saved, "
+                   "giving the query's class probabilities over the collection's classes")
     p.add_argument("--within", action="append", default=None, metavar="WNID",
                    help="only images under this WordNet synset, e.g. n03380867 (footwear); repeat for several")
     p.set_defaults(func=cmd_search)
@@ -316,7 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda (the head is small: CPU takes seconds)")
-    p.add_argument("--out", default=None, help="output folder (default: <collection state>/heads/hier|ce); "
+    p.add_argument("--name", default=None, help="head name (default: hier, or ce when --lam 0); "
+                   "`search --head NAME` uses it")
+    p.add_argument("--out", default=None, help="output folder instead of <collection state>/heads/NAME; "
                    "re-running resumes")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
