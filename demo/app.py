@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no outside hosts
@@ -74,7 +75,8 @@ def build_app(service: DemoService) -> gr.Blocks:
                 views.cost_md(outcome), "", outcome, None)
 
     def failed(e):
-        return (_fail(e), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        """The message in the status line; the panels are cleared so no earlier answer reads as this one's."""
+        return (_fail(e), [], "", "", "", gr.skip(), None)
 
     def run(fn, *args):
         try:
@@ -125,8 +127,10 @@ def build_app(service: DemoService) -> gr.Blocks:
         try:
             root = service.hierarchy()
             plot = plot_dir / f"tree-{service.router.flat.n_points}-{service.router.flat.n_leaves}.png"
-            if not plot.exists():
-                service.leaf_plot(plot)
+            if not plot.exists():  # drawn once per tree state; renamed into place (tabs may ask at once)
+                tmp = plot.with_name(f"{plot.stem}-{threading.get_ident()}.png")
+                service.leaf_plot(tmp)
+                os.replace(tmp, plot)
             from PIL import Image
 
             return (views.tree_html(root), gr.Dropdown(choices=views.subtree_choices(root)), Image.open(plot), "")

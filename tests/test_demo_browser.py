@@ -123,6 +123,7 @@ def test_search_within_a_subtree(page, demo_service, upload_file):
     box.fill("n99999999")
     box.press("Enter")
     expect(page.locator("#search-status")).to_contain_text("unknown or malformed WordNet noun id", timeout=T)
+    expect(page.locator("#results img")).to_have_count(0)  # no earlier answer left to read as this one's
 
 
 def test_browse_the_hierarchy_and_search_within_a_subtree(page, demo_service, upload_file):
