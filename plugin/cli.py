@@ -221,6 +221,12 @@ def cmd_bench_hkm(args) -> int:
     return bench_main(args)
 
 
+def cmd_eval_hier(args) -> int:
+    from plugin.bench.hier import main as eval_main
+
+    return eval_main(args)
+
+
 def cmd_info(args) -> int:
     store = open_collection(args)
     with store:
@@ -311,6 +317,31 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--skip-incremental", action="store_true")
     b.add_argument("--skip-baselines", action="store_true")
     b.set_defaults(func=cmd_bench_hkm)
+
+    p = sub.add_parser("eval", help="evaluations against the papers (write JSON records, markdown tables, plots)")
+    esub = p.add_subparsers(dest="eval", required=True)
+    e = esub.add_parser("hier", help="hierarchical inference vs CRM on photos; hierarchical loss, inference and "
+                        "retrieval on Fashion-MNIST (hierarchical-loss-inference-retrieval Tables III, V-VII)")
+    e.add_argument("--dataset", default="images", choices=["images", "fashion-mnist"],
+                   help="images: a folder of <wnid>_*.jpg photos (--images); fashion-mnist: heads on frozen vectors")
+    e.add_argument("--images", default=None, metavar="DIR",
+                   help="folder of <wnid>_*.jpg photos of ImageNet-1k classes (default: $HSEARCH_IMAGENET_SAMPLE, else "
+                        "../shared/data/imagenet-sample; skipped with a message when absent)")
+    e.add_argument("--encoders", default="mobilenet_v2,efficientnet_lite0",
+                   help="comma list of ImageNet classifiers (fashion-mnist uses the first)")
+    e.add_argument("--folds", type=int, default=5, help="cross-validation folds inside the photo folder")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for the confidence intervals")
+    e.add_argument("--train-limit", type=int, default=None,
+                   help="fashion-mnist: a seeded subset of the 60k training images (default: all)")
+    e.add_argument("--epochs", type=int, default=20, help="fashion-mnist: head training epochs")
+    e.add_argument("--queries", type=int, default=1000, help="fashion-mnist: retrieval queries")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--json", default=None, help="write the records here")
+    e.add_argument("--md", default=None, help="write the markdown tables here")
+    e.add_argument("--plot", default=None, help="save the plot here (PNG)")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    e.set_defaults(func=cmd_eval_hier)
 
     p = sub.add_parser("train", help="train a classification head (hierarchical loss or flat CE) on a collection")
     _add_common(p)
