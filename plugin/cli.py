@@ -227,6 +227,47 @@ def cmd_eval_hier(args) -> int:
     return eval_main(args)
 
 
+def cmd_signatures_build(args) -> int:
+    from plugin.signatures.engine import SemanticsEngine
+
+    store = open_collection(args)
+    with store:
+        if args.sync and SemanticsEngine.exists(store):
+            eng = SemanticsEngine.open(store)
+            stats = eng.sync(progress=not args.quiet)
+        else:
+            eng = SemanticsEngine.build(store, progress=not args.quiet, method=args.method, cap=args.cap,
+                                        max_dominant=args.max_dominant, seed=args.seed)
+            stats = {}
+        print(json.dumps({**eng.describe_state(), **stats}))
+    return 0
+
+
+def cmd_describe(args) -> int:
+    from plugin.signatures.engine import SemanticsEngine
+
+    store = open_collection(args)
+    with store:
+        eng = SemanticsEngine.open(store)
+        params = {"fraction": args.fraction, "n_specific": args.n_specific}
+        out = eng.describe(args.image, k=args.k, retrieve=args.k > 0, **params)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    s = out["searched"]
+    print(f"query: {args.image}")
+    for kind in ("general", "specific"):
+        print(f"{kind} semantics:")
+        for e in out[kind]:
+            print(f"  {e['rank']}. {e['label']:<22} {e['wnid']}  score {e['score']:.4f}  "
+                  f"{' > '.join(e['path'][-4:])}")
+    print(f"searched: {s['selected']} of {s['nodes']} synsets selected, {s['survivors']} after pruning; "
+          f"retrieval over {s['images']} images ({100 * s['share_images']:.1f}%)")
+    for r, h in enumerate(out.get("hits", []), 1):
+        print(f"{r:>4}  {h['score']:7.4f}  {str(h['label']):<18} {str(h['wnid']):<10} {h['source']}")
+    return 0
+
+
 def cmd_info(args) -> int:
     store = open_collection(args)
     with store:
@@ -360,6 +401,29 @@ def build_parser() -> argparse.ArgumentParser:
                    "re-running resumes")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("signatures", help="visual signatures of every synset (semantics engine)")
+    ssub = p.add_subparsers(dest="signatures", required=True)
+    s = ssub.add_parser("build", help="cluster each synset's images, keep dominant clusters, index them in VP-trees")
+    _add_common(s)
+    s.add_argument("--method", default="clusters", choices=["clusters", "mean"],
+                   help="clusters: the paper (dominant clusters); mean: one mean signature per synset (predecessor)")
+    s.add_argument("--cap", type=int, default=512, help="images clustered per synset (seeded sample; default 512)")
+    s.add_argument("--max-dominant", type=int, default=16, help="signatures kept per synset at most")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--sync", action="store_true",
+                   help="update existing signatures: re-cluster only new synsets and ones that changed")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_signatures_build)
+
+    p = sub.add_parser("describe", help="general and specific semantics of an image, and its nearest images there")
+    p.add_argument("image", help="image file")
+    _add_common(p)
+    p.add_argument("-k", type=int, default=10, help="images to retrieve (0: semantics only)")
+    p.add_argument("--fraction", type=float, default=0.25, help="share of subtrees kept per level (paper: 1/4)")
+    p.add_argument("--n-specific", type=int, default=3, help="specific semantics to report (paper: 3)")
+    p.add_argument("--json", action="store_true", help="print the whole answer as JSON")
+    p.set_defaults(func=cmd_describe)
 
     p = sub.add_parser("info", help="collection statistics")
     _add_common(p)

@@ -9,7 +9,8 @@ the store's cosine between two rows is the mean of the per-block cosines (the pa
 equal weights). ``encoder.blocks`` lists ``(kind, start, stop)``: the semantics engine measures each
 feature apart (:mod:`plugin.signatures.blocks`).
 
-No model, no torch, no weights: ``pretrained`` must be ``"default"`` or None. Runs on the CPU, one
+No model, no torch, no weights: ``pretrained`` must be ``"default"``, None, or the current feature
+version (``features-v1``, which ingestion records as the collection's weights). Runs on the CPU, one
 image at a time (~15 ms per image here: the 24 Gabor filtrations are most of it); cache heavy runs
 with :mod:`plugin.embedding_cache` as for any encoder.
 
@@ -46,6 +47,16 @@ def parse_kinds(arch: str) -> tuple[str, ...]:
 
 class HandcraftedEncoder(Encoder):
     default_batch_size = 64
+
+    @property
+    def weights(self) -> str:
+        """No weights: the feature definition's version stands in, so embeddings cached by
+        ``name@weights`` (:mod:`plugin.embedding_cache`) are never reused across definitions."""
+        return f"features-v{features.VERSION}"
+
+    @weights.setter
+    def weights(self, value) -> None:  # create_encoder records the weights it was given; there are none
+        pass
 
     def __init__(self, kinds: Sequence[str]):
         # no torch: the base constructor would resolve a torch device
@@ -85,8 +96,10 @@ class HandcraftedEncoder(Encoder):
 
 
 def _factory(arch, pretrained="default", device="auto", **_):
-    if pretrained not in ("default", None):
-        raise HSearchError(f"hand-made features have no weights; got pretrained={pretrained!r}")
+    current = f"features-v{features.VERSION}"
+    if pretrained not in ("default", None, current):
+        raise HSearchError(f"hand-made features have no weights; got pretrained={pretrained!r} (a collection made "
+                           f"with another feature definition than {current} needs re-ingesting)")
     return HandcraftedEncoder(parse_kinds(arch))
 
 

@@ -55,6 +55,8 @@ from math import factorial
 
 import numpy as np
 
+#: Bump when any extractor's output changes: it keys the embedding cache (``handcrafted@features-vN``).
+VERSION = 1
 WORK = 128
 SHAPE_WORK = 64
 HUE_BINS, GREY_BINS = 48, 20

@@ -43,6 +43,7 @@ class Hierarchy:
     direct: np.ndarray  # (n,) images labelled with exactly this synset
     total: int  # images in the collection under the root
     above: list[str] = field(default_factory=list)  # collapsed / expanded nodes above the top level
+    dropped: list[str] = field(default_factory=list)  # step 2: synsets whose images are all in another branch
 
     def __post_init__(self):
         self.parent = np.asarray(self.parent, np.int64)
@@ -65,6 +66,15 @@ class Hierarchy:
 
     def __len__(self) -> int:
         return len(self.wnids)
+
+    def knows(self, wnid: str) -> bool:
+        """Whether ``wnid`` was one of the collection's synsets when this hierarchy was made (searched,
+        above the top level, or dropped as a duplicate branch)."""
+        return wnid in self.index or wnid in self._others
+
+    @property
+    def _others(self) -> set:
+        return set(self.above) | set(self.dropped)
 
     def children(self, i: int) -> np.ndarray:
         return self.children_flat[self.child_offsets[i]:self.child_offsets[i + 1]]
@@ -112,8 +122,10 @@ class Hierarchy:
                 kids[p].add(w)
         # 2. drop childless nodes without images of their own, repeatedly
         todo = [w for w in parent if not kids[w] and not direct.get(w)]
+        dropped = []
         while todo:
             w = todo.pop()
+            dropped.append(w)
             p = parent.pop(w)
             kids.pop(w)
             if p is not None:
@@ -173,4 +185,4 @@ class Hierarchy:
             queue = nxt
         return Hierarchy(wnids, np.asarray(par, np.int64), np.asarray([counts[w] for w in wnids], np.int64),
                          np.asarray([direct.get(w, 0) for w in wnids], np.int64), int(total),
-                         [a for a in above if a])
+                         [a for a in above if a], sorted(dropped))
