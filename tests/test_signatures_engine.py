@@ -281,3 +281,25 @@ def test_imagenet_photos_describe(tmp_path):
     assert out["general"] and out["specific"] and len(out["hits"]) == 3
     assert all(e["path"][0] == "entity" for e in out["specific"])
     store.close()
+
+
+def test_semantic_search_mode_through_the_router(fm):
+    """``router.search(mode="semantic")`` scores exactly the images of the engine's specific semantics."""
+    from plugin.router import Router
+    from plugin.router.modes import available_modes
+    from plugin.signatures import modes as sig_modes
+
+    assert "semantic" in available_modes()
+    router = Router.build(fm.store, k=4, l=2, relayout=False)
+    for v in fm.vecs[:5]:
+        res = router.search(v, k=12, mode="semantic")
+        want = fm.eng.describe(v, k=12)
+        assert [h.id for h in res] == [h["id"] for h in want["hits"]]
+        assert res.stats["specific"] == [e["wnid"] for e in want["specific"]]
+        assert res.stats["operands"] == want["searched"]["images"]
+    from plugin.errors import RouterError
+
+    with pytest.raises(RouterError, match="does not take"):
+        router.search(fm.vecs[0], mode="semantic", s2=0.1)
+    sig_modes._cache.clear()
+    router.close()

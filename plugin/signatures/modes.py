@@ -1,0 +1,62 @@
+"""The ``semantic`` search mode: the semantics engine picks the synsets, the store scores their images.
+
+    router.search(vec, k=10, mode="semantic")            # fraction=0.25, n_specific=3
+    hits.stats["specific"], hits.stats["general"]        # why these hits: the synsets searched
+
+Per query, :meth:`SemanticsEngine.semantics` runs branch selection, Extended OR-Inc pruning and CombSUM;
+the plan is one store probe restricted (synset filter) to the specific semantics, scored exactly: the
+paper's retrieval in the final search space. ``filter=`` conditions other than synsets apply on top;
+``within=`` combines only when one synset list contains the other (a store :class:`Filter` holds one
+synset condition, so the router refuses two different ones). The engine
+is the collection's saved signatures (``hsearch signatures build``), loaded once per state file and
+reloaded when the file changes; a collection without signatures is an error that says how to build
+them.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+from plugin.router.modes import Plan, Probe, register_mode
+from plugin.signatures.engine import SemanticsEngine, label
+from plugin.signatures.selection import FRACTION, N_SPECIFIC
+from plugin.signatures.state import state_path
+from plugin.store.base import Filter
+
+_cache: dict = {}
+_cache_lock = threading.Lock()
+
+
+def engine_for(store) -> SemanticsEngine:
+    """The collection's engine, loaded once per version of its state file."""
+    path = state_path(store)
+    try:
+        stamp = os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        stamp = None
+    key = str(path)
+    with _cache_lock:
+        hit = _cache.get(key)
+        if hit is not None and hit[0] == stamp and hit[1].store is store:
+            return hit[1]
+    eng = SemanticsEngine.load(path, store)  # a missing file raises SignaturesError with the fix
+    with _cache_lock:
+        _cache[key] = (stamp, eng)
+    return eng
+
+
+@register_mode("semantic", fraction=FRACTION, n_specific=N_SPECIFIC)
+def semantic(ctx, Q, fraction=FRACTION, n_specific=N_SPECIFIC):
+    """Images of the specific semantics (branch selection, Ext OR-Inc pruning, CombSUM), scored exactly."""
+    eng = engine_for(ctx.store)
+    hier = eng.snap.hier
+    probes, info = [], []
+    for b, q in enumerate(Q):
+        r = eng.semantics(q, fraction=fraction, n_specific=n_specific)
+        spec = [hier.wnids[x] for x in r["specific"]]
+        probes.append(Probe(b, filter=Filter.of(synsets_any=spec), operands=r["searched"]["images"]))
+        info.append({"general": [hier.wnids[x] for x in r["general"]], "specific": spec,
+                     "specific_labels": [label(w) for w in spec],
+                     "synsets_selected": r["searched"]["selected"], "synsets_survivors": r["searched"]["survivors"],
+                     "synsets_total": r["searched"]["nodes"], "semantics_ms": r["ms"]})
+    return Plan(probes, info=info)
