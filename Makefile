@@ -34,5 +34,13 @@ bench-hkm: setup
 	set -o pipefail; $(PY) -m plugin.cli bench hkm --dataset fashion-mnist --tree 3x4,8x3,16x3,4x5 --queries 1000 --json docs/results/hkm-fashion-mnist.json --plot docs/results/hkm-fashion-mnist.png --md docs/results/hkm-fashion-mnist.md 2>&1 | tee docs/results/hkm-fashion-mnist.log
 	set -o pipefail; $(PY) -m plugin.cli bench hkm --dataset imagenet-sample --tree 3x4,8x3,16x2 --queries 500 --json docs/results/hkm-imagenet-sample.json --plot docs/results/hkm-imagenet-sample.png --md docs/results/hkm-imagenet-sample.md 2>&1 | tee docs/results/hkm-imagenet-sample.log
 
+## semantics-image-retrieval-hierarchical-db evaluation (docs/results/semantics-*): Fashion-MNIST (60k train collection,
+## 2000 test queries, hand-made and MobileNetV2 features; ~1 h once the vectors are cached) and the ImageNet photos
+## leave-one-out. tests/test_signatures_bench.py checks these arguments against the committed records.
+.PHONY: bench-semantics
+bench-semantics: setup
+	set -o pipefail; nice -n 10 $(PY) -m plugin.cli eval semantics --dataset fashion-mnist --encoders handcrafted,mobilenet_v2 --queries 2000 --cap 512 --sweep-caps 128,256,1024 --seed 0 --json docs/results/semantics-fashion-mnist.json --md docs/results/semantics-fashion-mnist.md --plot docs/results/semantics-fashion-mnist.png -q 2>&1 | tee docs/results/semantics-fashion-mnist.log
+	set -o pipefail; nice -n 10 $(PY) -m plugin.cli eval semantics --dataset imagenet --encoders handcrafted,mobilenet_v2 --cap 512 --seed 0 --json docs/results/semantics-imagenet-sample.json --md docs/results/semantics-imagenet-sample.md -q 2>&1 | tee docs/results/semantics-imagenet-sample.log
+
 clean:
 	rm -rf .venv .pytest_cache

@@ -237,7 +237,7 @@ def cmd_signatures_build(args) -> int:
             stats = eng.sync(progress=not args.quiet)
         else:
             eng = SemanticsEngine.build(store, progress=not args.quiet, method=args.method, cap=args.cap,
-                                        max_dominant=args.max_dominant, seed=args.seed)
+                                        max_dominant=args.max_dominant, seed=args.seed, signature=args.signature)
             stats = {}
         print(json.dumps({**eng.describe_state(), **stats}))
     return 0
@@ -266,6 +266,12 @@ def cmd_describe(args) -> int:
     for r, h in enumerate(out.get("hits", []), 1):
         print(f"{r:>4}  {h['score']:7.4f}  {str(h['label']):<18} {str(h['wnid']):<10} {h['source']}")
     return 0
+
+
+def cmd_eval_semantics(args) -> int:
+    from plugin.bench.semantics import main as eval_main
+
+    return eval_main(args)
 
 
 def cmd_info(args) -> int:
@@ -383,6 +389,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--plot", default=None, help="save the plot here (PNG)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_eval_hier)
+    e = esub.add_parser("semantics", help="semantics engine: general / specific semantics, share searched, "
+                        "precision and PR curves vs its predecessor and k-NN (semantics-image-retrieval Tables 4, 7)")
+    e.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "imagenet"],
+                   help="fashion-mnist: 60k train collection, test queries; imagenet: photos, leave-one-out")
+    e.add_argument("--images", default=None, metavar="DIR",
+                   help="imagenet: folder of <wnid>_*.jpg photos (default: ../shared/data/imagenet-sample; skipped "
+                        "with a message when absent)")
+    e.add_argument("--encoders", default="handcrafted,mobilenet_v2", help="comma list of registry encoders")
+    e.add_argument("--queries", type=int, default=2000, help="fashion-mnist: seeded sample of the test images")
+    e.add_argument("--train-limit", type=int, default=None, help="fashion-mnist: first N training images only")
+    e.add_argument("--limit", type=int, default=None, help="imagenet: first N photos only")
+    e.add_argument("--cap", type=int, default=512, help="images clustered per synset")
+    e.add_argument("--sweep-caps", default="", help="fashion-mnist: comma list of caps to rebuild at (last encoder)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", default=None, help="write the records here")
+    e.add_argument("--md", default=None, help="write the markdown tables here")
+    e.add_argument("--plot", default=None, help="save the plot here (PNG, fashion-mnist)")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    e.set_defaults(func=cmd_eval_semantics)
 
     p = sub.add_parser("train", help="train a classification head (hierarchical loss or flat CE) on a collection")
     _add_common(p)
@@ -408,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(s)
     s.add_argument("--method", default="clusters", choices=["clusters", "mean"],
                    help="clusters: the paper (dominant clusters); mean: one mean signature per synset (predecessor)")
+    s.add_argument("--signature", default="centroid", choices=["centroid", "representative"],
+                   help="a dominant cluster's signature: its mean (default) or its representative image")
     s.add_argument("--cap", type=int, default=512, help="images clustered per synset (seeded sample; default 512)")
     s.add_argument("--max-dominant", type=int, default=16, help="signatures kept per synset at most")
     s.add_argument("--seed", type=int, default=0)

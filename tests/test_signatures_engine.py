@@ -69,9 +69,9 @@ def test_semantics_on_real_images_beat_chance_and_retrieval_stays_in_them(fm):
         specific_ok += w in [hier.wnids[x] for x in r["specific"]]
         s = r["searched"]
         assert s["survivors"] <= s["after_or"] <= s["selected"] <= s["scored"] <= s["nodes"]
-    # measured: general 0.86 (a right top-level subtree among the quarter kept), true class among the three
-    # specific semantics 0.81; chance is about 1/4 and 3/13
-    assert general_ok / len(vecs) > 0.8 and specific_ok / len(vecs) > 0.6, (general_ok, specific_ok)
+    # measured: general 0.93 (a right top-level subtree among the quarter kept), true class among the three
+    # specific semantics 0.69; chance is about 1/4 and 3/13
+    assert general_ok / len(vecs) > 0.85 and specific_ok / len(vecs) > 0.55, (general_ok, specific_ok)
 
     # retrieval: exactly the store's top-k under the specific semantics (brute force on the same vectors)
     ids, X, pls = store.all_vectors(payload_fields=["synsets"])
@@ -196,6 +196,7 @@ def test_incremental_add_then_sync_reclusters_only_what_changed(mobilenet):
         np.testing.assert_allclose(eng.nodes[i].sums.sum(axis=0), before[w].sums.sum(axis=0) + Xn[joined].sum(axis=0),
                                    atol=1e-4)
         assert hier.counts[i] == before[w].n_images + len(joined)
+        np.testing.assert_allclose(eng.nodes[i].reps, Blocks.single(1280).normalise(eng.nodes[i].sums), atol=1e-6)
     assert not eng.check()["consistent"] and bag in eng.check()["new_synsets"]
     stale = set(eng.stale)
     res = eng.sync()

@@ -19,9 +19,10 @@ synset filter to the specific semantics (the paper's "linear matching" in the fi
 
 **Incremental** (:meth:`add`, the paper's §6 "insertion ... updating the set of visual signatures and
 the indexes of the node"): each new image joins, in every synset it belongs to, the dominant cluster
-with the nearest signature; the cluster's count and member sum are updated and the new image becomes
-the cluster's representative when it is nearer the new mean than the old representative (eq. 3 over
-the members seen, as the old members are not kept); VP-trees are rebuilt (milliseconds). A synset
+with the nearest signature; the cluster's count and member sum are updated, and so is its signature:
+exactly for centroid signatures (the mean), and for representative signatures the new image becomes
+the representative when it is nearer the new mean than the old one (eq. 3 over the members seen, as
+the old members are not kept); VP-trees are rebuilt (milliseconds). A synset
 the engine has never seen, or one that grew by more than ``regrow`` (25%) since it was clustered, is
 flagged; :meth:`sync` re-reads the store and re-clusters exactly those, keeping every other synset's
 signatures (a node whose members did not change is recognised by a fingerprint of its point ids).
@@ -47,8 +48,8 @@ from plugin.signatures.hierarchy import MAX_SHARE, MIN_TOP, Hierarchy
 from plugin.signatures.signatures import CAP, MAX_DOMINANT, NodeSignatures, node_signatures
 from plugin.signatures.vptree import build_forest, node_distances
 
-BUILD_DEFAULTS = {"method": "clusters", "cap": CAP, "seed": 0, "max_dominant": MAX_DOMINANT, "min_top": MIN_TOP,
-                  "max_share": MAX_SHARE, "regrow": 0.25}
+BUILD_DEFAULTS = {"method": "clusters", "signature": "centroid", "cap": CAP, "seed": 0, "max_dominant": MAX_DOMINANT,
+                  "min_top": MIN_TOP, "max_share": MAX_SHARE, "regrow": 0.25}
 QUERY_DEFAULTS = {"fraction": selection.FRACTION, "n": None, "n_specific": selection.N_SPECIFIC,
                   "force_both": False}
 
@@ -82,6 +83,8 @@ def check_params(params: dict, allowed: dict, what: str) -> dict:
         raise HSearchError(f"cap must be >= 2, got {out['cap']}")
     if "method" in out and out["method"] not in ("clusters", "mean"):
         raise HSearchError(f"method must be 'clusters' or 'mean', got {out['method']!r}")
+    if "signature" in out and out["signature"] not in ("centroid", "representative"):
+        raise HSearchError(f"signature must be 'centroid' or 'representative', got {out['signature']!r}")
     return out
 
 
@@ -140,7 +143,8 @@ class SemanticsEngine:
                 nodes.append(reuse[w][1])
                 reused += 1
             else:
-                nodes.append(node_signatures(X[m], blocks, w, p["method"], p["cap"], p["seed"], p["max_dominant"]))
+                nodes.append(node_signatures(X[m], blocks, w, p["method"], p["cap"], p["seed"], p["max_dominant"],
+                                             p["signature"]))
             fps.append(fp)
         meta = {**(meta or {}), "n_points": int(len(ids)), "n_labelled": int(sum(1 for s in synsets if s)),
                 "build_s": round(time.perf_counter() - t0, 3), "reused_nodes": reused,
@@ -380,10 +384,13 @@ class SemanticsEngine:
         sums, sizes, reps = node.sums.copy(), node.sizes.copy(), reps.copy()
         sums[c] += x
         sizes[c] += 1
-        mean = (sums[c] / sizes[c])[None]
-        old, new = self.blocks.combined(self.blocks.distances(mean, np.stack([reps[c], x])))[0]
-        if new < old:
-            reps[c] = x
+        if self.params.get("signature", "centroid") == "centroid" or self.params.get("method") == "mean":
+            reps[c] = self.blocks.normalise(sums[c][None])[0]  # the signature is the mean: exact
+        else:
+            mean = (sums[c] / sizes[c])[None]
+            old, new = self.blocks.combined(self.blocks.distances(mean, np.stack([reps[c], x])))[0]
+            if new < old:
+                reps[c] = x
         self.nodes[i] = NodeSignatures(reps, node.dc, sizes, sums, node.n_images, node.n_sample, node.n_clusters,
                                        node.leftovers, node.seconds)
 
@@ -440,7 +447,8 @@ class SemanticsEngine:
                 "clusters_found": int(sum(n.n_clusters for n in ns)), "sampled_nodes":
                 int(sum(1 for n in ns if n.n_sample < n.n_images)), "cluster_s": round(float(sum(secs)), 2),
                 "cluster_s_max": round(float(max(secs)) if secs else 0.0, 2), **{k: self.params[k] for k in
-                                                                               ("method", "cap", "max_dominant")},
+                                                                               ("method", "signature", "cap",
+                                                                                "max_dominant")},
                 "points": self.meta.get("n_points"), "build_s": self.meta.get("build_s"),
                 "stale": sorted(self.stale)}
 
