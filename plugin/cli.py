@@ -249,6 +249,9 @@ def cmd_describe(args) -> int:
     store = open_collection(args)
     with store:
         eng = SemanticsEngine.open(store)
+        if not eng.check()["consistent"]:
+            print(f"note: collection '{store.name}' changed since its signatures were built: run "
+                  f"`hsearch signatures build --sync --collection {store.name}`", file=sys.stderr)
         params = {"fraction": args.fraction, "n_specific": args.n_specific}
         out = eng.describe(args.image, k=args.k, retrieve=args.k > 0, **params)
     if args.json:

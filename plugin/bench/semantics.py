@@ -236,7 +236,8 @@ def run_fashion(encoders, n_queries: int, cap: int, seed: int, sweep_caps, workd
                                 "lca_height": lca_height(wnid, spec[0]) if spec else None, "share_selected": None,
                                 "share_survivors": None, "share_images": 1.0, "clusters_visited": None,
                                 "clusters_of_scored": None, "semantics_ms": 0.0, "retrieval_ms": ms,
-                                "p_at": precision_at(hw, wnid), "pr": interpolated_pr(rel_all[order], class_size[wnid])})
+                                "p_at": precision_at(hw, wnid),
+                                "pr": interpolated_pr(rel_all[order], class_size[wnid])})
         for method, rs in rows.items():
             rec = {"encoder": name, "method": method, "system": METHODS[method], "queries": len(rs),
                    **_summarise(rs)}
@@ -341,12 +342,14 @@ def run_imagenet(encoders, images: str | None, cap: int, seed: int, log, progres
                 top = [E.wnids[i] for i in ids[keep][inside][np.argsort(-sc)[:K_VOTE]]]
                 rows[method].append({
                     "answerable": any(h.wnids[t] in qsyn for t in h.top_level),
-                    "general_acc": any(g in qsyn for g in general), "general_top1": bool(general) and general[0] in qsyn,
+                    "general_acc": any(g in qsyn for g in general),
+                    "general_top1": bool(general) and general[0] in qsyn,
                     "specific_lca_height": lca_height(wnid, spec[0]) if spec else None,
                     "specific_best_of3_lca_height": min(lca_height(wnid, s) for s in spec) if spec else None,
                     "oracle_lca_height": min(lca_height(wnid, w) for w in h.wnids),
                     "hits_lca_height": float(np.mean([lca_height(wnid, w) for w in top])) if top else None,
-                    "share_selected": r["searched"]["share_selected"], "share_survivors": r["searched"]["share_survivors"],
+                    "share_selected": r["searched"]["share_selected"],
+                    "share_survivors": r["searched"]["share_survivors"],
                     "share_images": r["searched"]["share_images"], "semantics_ms": r["ms"], "rebuild_s": rebuild_s})
             log(f"[{name}] {method}: full build {full_s:.1f}s; {json.dumps(_summarise(rows[method]))}")
         # k-NN vote over all other photos (oracle: the least height any synset of the query's collection has)
@@ -362,7 +365,8 @@ def run_imagenet(encoders, images: str | None, cap: int, seed: int, log, progres
             general, spec = _knn_semantics(top, hier, top_of)
             rows["knn"].append({
                 "answerable": any(hier.wnids[t] in qsyn for t in hier.top_level),
-                "general_acc": bool(general) and general[0] in qsyn, "general_top1": bool(general) and general[0] in qsyn,
+                "general_acc": bool(general) and general[0] in qsyn,
+                "general_top1": bool(general) and general[0] in qsyn,
                 "specific_lca_height": lca_height(wnid, spec[0]) if spec else None,
                 "specific_best_of3_lca_height": lca_height(wnid, spec[0]) if spec else None,
                 "oracle_lca_height": oracle[q],
@@ -391,7 +395,8 @@ def markdown(rec: dict) -> str:
     h = rec["hierarchy"] or {}
     out = []
     if rec["dataset"] == "fashion-mnist":
-        out += [f"### Fashion-MNIST: collection {rec['collection']}, {rec['queries']} test queries (seed {rec['seed']})",
+        out += [f"### Fashion-MNIST: collection {rec['collection']}, {rec['queries']} test queries "
+                f"(seed {rec['seed']})",
                 "",
                 f"Searched hierarchy: {h.get('synsets')} synsets, {h.get('levels')} levels; top level: "
                 f"{', '.join(h.get('top_level_labels', []))}. Branch selection keeps ceil(N/4) per level, "
@@ -418,7 +423,8 @@ def markdown(rec: dict) -> str:
         for r in rec["runs"]:
             b = r.get("build")
             if b:
-                out.append(f"| {r['encoder']} | {r['system']} | {b['wall_s']} | {b['cluster_s']} | {b['cluster_s_max']} | "
+                out.append(f"| {r['encoder']} | {r['system']} | {b['wall_s']} | {b['cluster_s']} | "
+                           f"{b['cluster_s_max']} | "
                            f"{b['sampled_nodes']} of {b['synsets']} | {b['signatures']} | {b['clusters_found']} | "
                            f"{b['cap']} |")
         if rec.get("cap_sweep"):
@@ -450,7 +456,8 @@ def markdown(rec: dict) -> str:
             "|---|---|---|---|---|",
             f"| BSA (Pandey et al. 2015), paper Table 4 | {_p(t4['BSA']['accuracy'], 2)} | "
             f"{_p(t4['BSA']['search_space'], 2)} | | {t4['BSA']['seconds']} s |",
-            f"| IndxCBSA, paper Table 4 | {_p(t4['IndxCBSA']['accuracy'], 2)} | {_p(t4['IndxCBSA']['search_space'], 2)} | "
+            f"| IndxCBSA, paper Table 4 | {_p(t4['IndxCBSA']['accuracy'], 2)} | "
+            f"{_p(t4['IndxCBSA']['search_space'], 2)} | "
             f"~{_p(t4['after_pruning'])} | {t4['IndxCBSA']['seconds']} s |", "",
             f"Paper Table 7 (WANG): P@20 {t7['precision_at_20']}, P@100 {t7['precision_at_100']}. {t7['note']}.", ""]
     return "\n".join(out) + "\n"

@@ -247,7 +247,8 @@ def info_loss_clustering(X: np.ndarray, blocks: Blocks, D: np.ndarray | None = N
     return Clustering(labels.astype(np.int64), reps, sizes, keep, I, pre, leftovers)
 
 
-def assign_nearest(X: np.ndarray, centres: np.ndarray, blocks: Blocks, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def assign_nearest(X: np.ndarray, centres: np.ndarray, blocks: Blocks,
+                   chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Index of the nearest of ``centres`` (eq. 2) for every row of ``X``, and that distance; chunked so
     a node of 60k images needs no 60k x k x F array at once."""
     idx = np.empty(len(X), np.int64)

@@ -114,8 +114,8 @@ class SemanticsEngine:
                     progress: bool = False, meta: dict | None = None, **params) -> "SemanticsEngine":
         """Build from in-memory points: ``synsets[i]`` is point i's synsets payload (its class and every
         hypernym; empty or None for unlabelled points), ``wnids[i]`` its class. ``reuse``: ``{wnid:
-        (fingerprint, NodeSignatures)}`` of a previous build; a node whose member ids hash the same is
-        not re-clustered."""
+        (fingerprint, NodeSignatures)}`` of a previous build with the same parameters; a node whose member
+        ids hash the same is not re-clustered."""
         p = check_params(params, BUILD_DEFAULTS, "signatures build")
         ids = np.asarray(ids, np.int64)
         t0 = time.perf_counter()
@@ -187,7 +187,8 @@ class SemanticsEngine:
     def state_meta(self) -> dict:
         h = self.snap.hier
         return {**self.meta, "params": self.params, "blocks": self.blocks.spec(), "wnids": h.wnids,
-                "above": h.above, "dropped": h.dropped, "total": h.total, "fingerprints": self.fingerprints, "stale": sorted(self.stale)}
+                "above": h.above, "dropped": h.dropped, "total": h.total, "fingerprints": self.fingerprints,
+                "stale": sorted(self.stale)}
 
     def save(self, path=None) -> None:
         if path is None:
@@ -340,7 +341,8 @@ class SemanticsEngine:
             t0 = time.perf_counter()
             hits = self.retrieve(vec, [hier.wnids[x] for x in r["specific"]], k)
             out["retrieval_ms"] = (time.perf_counter() - t0) * 1e3
-            out["hits"] = [{"id": h.id, "score": h.score, "wnid": h.payload.get("wnid"), "label": h.payload.get("label"),
+            out["hits"] = [{"id": h.id, "score": h.score, "wnid": h.payload.get("wnid"),
+                            "label": h.payload.get("label"),
                             "source": h.payload.get("source")} for h in hits]
         return out
 

@@ -29,12 +29,13 @@ kept, so the five colour regions and the Gabor scales mean the same on every ima
   part.
 
 **Texture** (48-d), Manjunath & Ma 1996: Gabor filters from scikit-image (``gabor_kernel``, bandwidth 1
-octave) at 4 scales, frequencies 0.05, 0.1, 0.2, 0.4 cycles/pixel (the ratio-2 ladder between U_l=0.05
-and U_h=0.4), and 6 orientations k*30 degrees (angle from the image's x axis, the columns, towards its rows, i.e.
-clockwise on screen: a grating ``cos(2 pi f (x cos t + y sin t))`` peaks in filter (f, t)), applied to the mean-subtracted grey image through one
-FFT (reflect-padded, so the border adds no edge); layout ``[mean_(s,o), std_(s,o)]`` for s in scales,
-o in orientations, i.e. feature ``2*(6 s + o)`` is the mean magnitude and ``2*(6 s + o) + 1`` its standard
-deviation. A uniform image has no texture: all zeros.
+octave) at 4 scales, frequencies 0.05, 0.1, 0.2, 0.4 cycles/pixel (the ratio-2 ladder between U_l = 0.05
+and U_h = 0.4), and 6 orientations k * 30 degrees, measured from the image's x axis (the columns)
+towards its rows, i.e. clockwise on screen: a grating ``cos(2 pi f (x cos t + y sin t))`` peaks in
+filter (f, t). They are applied to the mean-subtracted grey image through one FFT (reflect-padded, so
+the border adds no edge). Layout ``[mean_(s,o), std_(s,o)]`` for s in scales, o in orientations:
+feature ``2 (6 s + o)`` is the mean magnitude, ``2 (6 s + o) + 1`` its standard deviation. A uniform
+image has no texture: all zeros.
 
 **Shape** (21-d): magnitudes of the pseudo-Zernike moments ``|A_nm|``, 0 <= m <= n <= 5 (``|A_n,-m| =
 |A_nm|`` for a real image, so these 21 are all there are up to order 5), ordered n then m, of the grey
