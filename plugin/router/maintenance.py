@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from plugin.router.tree import _split
+from plugin.router.tree import _halve, _split
 from plugin.store.base import Filter, check_ids, check_payloads, check_vectors
 
 NEIGHBOURS = 3
@@ -102,17 +102,6 @@ def split_leaf(router, lid: int) -> list[int]:
         tree.counts[child] = len(g)
     tree.retire_leaf(node)
     return [tree.leaf_id[c] for c in new_nodes]
-
-
-def _halve(vecs: np.ndarray) -> list[np.ndarray]:
-    """Two halves split at the median of the first principal direction: the fallback when k-means puts
-    nearly everything in one cluster (near-duplicate images do that), so a leaf past ``split_bound``
-    always splits, into halves no smaller than ``merge_bound`` (the bounds keep split >= 2 x merge)."""
-    centred = vecs - vecs.mean(0)
-    direction = np.linalg.svd(centred, full_matrices=False)[2][0]
-    order = np.argsort(centred @ direction, kind="stable")
-    half = len(order) // 2
-    return [np.sort(order[:half]), np.sort(order[half:])]
 
 
 def merge_leaf(router, lid: int) -> list[int]:

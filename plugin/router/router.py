@@ -74,6 +74,9 @@ class Router:
         re-sorts them.
         """
         metric = metric or STORE_METRIC[store.distance]
+        # explicit maintenance bounds hold from the start: the build splits / folds leaves to them
+        max_leaf_size = max_leaf_size or split_bound
+        min_leaf_size = min_leaf_size or merge_bound
         n = store.count()
         check_build_params(n, k, l, metric, max_leaf_size, min_leaf_size)
         store.ensure_partition_indexes()

@@ -279,6 +279,17 @@ def _split(x: np.ndarray, k: int, metric: str, min_size: int, seed: int) -> list
     return [np.sort(g) for g in groups.values()]
 
 
+def _halve(vecs: np.ndarray) -> list[np.ndarray]:
+    """Two halves split at the median of the first principal direction: the fallback when k-means puts
+    nearly everything in one cluster (near-duplicate images do that), so a leaf past ``split_bound``
+    always splits, into halves no smaller than ``merge_bound`` (the bounds keep split >= 2 x merge)."""
+    centred = vecs - vecs.mean(0)
+    direction = np.linalg.svd(centred, full_matrices=False)[2][0]
+    order = np.argsort(centred @ direction, kind="stable")
+    half = len(order) // 2
+    return [np.sort(order[:half]), np.sort(order[half:])]
+
+
 def build_tree(x: np.ndarray, k: int = 3, l: int = 4, metric: str = "cosine", max_leaf_size: int | None = None,
                min_leaf_size: int | None = None, seed: int = 0, progress=None) -> tuple[Tree, np.ndarray]:
     """Build the tree over ``x`` (n, dim). Returns (tree, leaf id of each row)."""
@@ -296,6 +307,8 @@ def build_tree(x: np.ndarray, k: int = 3, l: int = 4, metric: str = "cosine", ma
         depth = tree.depth[node] + 1  # paper levels are 1-based
         wants = depth < l or (max_leaf_size is not None and len(idx) > max_leaf_size)
         groups = _split(x[idx], k, metric, min_size, seed + node) if wants and len(idx) >= max(k, 2) else []
+        if len(groups) < 2 and max_leaf_size is not None and len(idx) > max_leaf_size:
+            groups = _halve(x[idx])  # k-means could not split it; halves are >= min_leaf_size by the bounds
         if len(groups) < 2:
             lid = tree.make_leaf(node)
             assign[idx] = lid
