@@ -253,12 +253,18 @@ def cmd_describe(args) -> int:
             print(f"note: collection '{store.name}' changed since its signatures were built: run "
                   f"`hsearch signatures build --sync --collection {store.name}`", file=sys.stderr)
         params = {"fraction": args.fraction, "n_specific": args.n_specific}
-        out = eng.describe(args.image, k=args.k, retrieve=args.k > 0, **params)
+        if args.image_path:
+            args.image = args.image_path
+        if sum(x is not None for x in (args.image, args.id, args.sample)) != 1:
+            raise HSearchError("describe takes one query: an image file, --id or --sample")
+        q = _query_vector(args, store, None if args.id is not None else eng.encoder)
+        vec, source = q[0], q[2]
+        out = eng.describe(vec, k=args.k, retrieve=args.k > 0, **params)
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
     s = out["searched"]
-    print(f"query: {args.image}")
+    print(f"query: {source}")
     for kind in ("general", "specific"):
         print(f"{kind} semantics:")
         for e in out[kind]:
@@ -330,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--id", type=int, help="id of a stored point")
     q.add_argument("--sample", help="LOADER:INDEX, e.g. fashion-mnist:train:17")
     p.add_argument("-k", type=int, default=10)
-    p.add_argument("--mode", default="auto", help="exact | intensive | relaxed | auto | weighted | category_first "
+    p.add_argument("--mode", default="auto", help="exact | intensive | relaxed | auto | weighted | category_first | "
+                   "semantic "
                    "(all but exact need `build`)")
     p.add_argument("--s1", type=float, default=None, help="relaxed search: absolute distance threshold (default: off; its scale depends on the metric)")
     p.add_argument("--s2", type=float, default=None, help="relaxed search: threshold relative to the best node")
@@ -447,7 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_signatures_build)
 
     p = sub.add_parser("describe", help="general and specific semantics of an image, and its nearest images there")
-    p.add_argument("image", help="image file")
+    p.add_argument("image_path", nargs="?", metavar="IMAGE", help="image file (or give --image, --id or --sample)")
+    p.add_argument("--image", help="path of a query image")
+    p.add_argument("--id", type=int, help="id of a stored point")
+    p.add_argument("--sample", help="LOADER:INDEX, e.g. fashion-mnist:train:17")
     _add_common(p)
     p.add_argument("-k", type=int, default=10, help="images to retrieve (0: semantics only)")
     p.add_argument("--fraction", type=float, default=0.25, help="share of subtrees kept per level (paper: 1/4)")

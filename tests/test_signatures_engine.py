@@ -111,6 +111,18 @@ def test_describe_an_image_and_the_cli(fm, tmp_path):
             assert main(["describe", str(path), "--collection", name, "--store", loc]) == 0
         assert "general semantics:" in buf.getvalue() and "specific semantics:" in buf.getvalue()
         assert main(["describe", str(tmp_path / "missing.png"), "--collection", name, "--store", loc]) == 2
+        assert main(["describe", "--collection", name, "--store", loc]) == 2  # no query given
+        buf = io.StringIO()
+        with redirect_stdout(buf):  # a dataset sample: test image N_COLL + 3 is images[3]
+            assert main(["describe", "--sample", f"fashion-mnist:test:{N_COLL + 3}", "--collection", name, "--store",
+                         loc, "--json", "-k", "0"]) == 0
+        out = json.loads(buf.getvalue())
+        assert [e["wnid"] for e in out["specific"]] == [e["wnid"] for e in by_vec["specific"]] and "hits" not in out
+        buf = io.StringIO()
+        with redirect_stdout(buf):  # a stored point: its own vector, so it is its own first hit
+            assert main(["describe", "--id", str(by_vec["hits"][0]["id"]), "--collection", name, "--store", loc,
+                         "--json", "-k", "1"]) == 0
+        assert json.loads(buf.getvalue())["hits"][0]["id"] == by_vec["hits"][0]["id"]
         buf = io.StringIO()
         with redirect_stdout(buf):  # rebuild through the CLI: the same signatures (seeded)
             assert main(["signatures", "build", "--collection", name, "--store", loc, "--cap", "128", "-q"]) == 0
