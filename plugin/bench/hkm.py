@@ -31,7 +31,8 @@ def load_dataset(name: str, encoder, limit: int | None, n_queries: int):
 
     if name == "fashion-mnist":
         db = data.fashion_mnist("train", encoder, limit=limit)
-        qs = data.fashion_mnist("test", encoder)
+        # a capped (small) run encodes only the queries it uses: the first n_queries test images
+        qs = data.fashion_mnist("test", encoder, limit=None if limit is None else n_queries)
         dbv, dbl = db.vectors, db.labels
         rng = np.random.default_rng(0)
         pick = rng.choice(len(qs.vectors), size=min(n_queries, len(qs.vectors)), replace=False)
