@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 COLLECTION ?= fashion-mnist
 
-.PHONY: run test setup demo demo-screenshot bench-hkm clean
+.PHONY: run test setup demo demo-screenshot bench-hkm bench-hier clean
 
 ## Main job on the embedded default: ingest the Fashion-MNIST test split (10k images) with the offline
 ## MobileNetV2 into an embedded Qdrant (qdrant-edge), build the router, answer a query.
@@ -33,6 +33,13 @@ demo-screenshot: setup
 bench-hkm: setup
 	set -o pipefail; $(PY) -m plugin.cli bench hkm --dataset fashion-mnist --tree 3x4,8x3,16x3,4x5 --queries 1000 --json docs/results/hkm-fashion-mnist.json --plot docs/results/hkm-fashion-mnist.png --md docs/results/hkm-fashion-mnist.md 2>&1 | tee docs/results/hkm-fashion-mnist.log
 	set -o pipefail; $(PY) -m plugin.cli bench hkm --dataset imagenet-sample --tree 3x4,8x3,16x2 --queries 500 --json docs/results/hkm-imagenet-sample.json --plot docs/results/hkm-imagenet-sample.png --md docs/results/hkm-imagenet-sample.md 2>&1 | tee docs/results/hkm-imagenet-sample.log
+
+## hierarchical-loss-inference-retrieval evaluation (docs/results/hier-*): photos (~1 min: flat vs hierarchical
+## inference vs CRM vs our decision rule, 5-fold out-of-fold) and Fashion-MNIST heads/retrieval (~15 min once the
+## 60k training vectors are cached). tests/test_bench_hier.py checks these arguments against the records.
+bench-hier: setup
+	set -o pipefail; $(PY) -m plugin.cli eval hier --images ../shared/data/imagenet-sample --json docs/results/hier-imagenet-sample.json --md docs/results/hier-imagenet-sample.md --plot docs/results/hier-imagenet-sample.png -q 2>&1 | tee docs/results/hier-imagenet-sample.log
+	set -o pipefail; $(PY) -m plugin.cli eval hier --dataset fashion-mnist --json docs/results/hier-fashion-mnist.json --md docs/results/hier-fashion-mnist.md --plot docs/results/hier-fashion-mnist.png -q 2>&1 | tee docs/results/hier-fashion-mnist.log
 
 ## semantics-image-retrieval-hierarchical-db evaluation (docs/results/semantics-*): Fashion-MNIST (60k train collection,
 ## 2000 test queries, hand-made and MobileNetV2 features; ~1 h once the vectors are cached) and the ImageNet photos
