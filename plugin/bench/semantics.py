@@ -496,10 +496,11 @@ def plot(rec: dict, path: str) -> None:
 
 
 def main(args) -> int:
-    import logging
+    import sys
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    log = logging.getLogger("eval.semantics").info
+    def log(msg: str) -> None:  # progress notes to stderr (the Makefile tees them into the .log)
+        print(msg, file=sys.stderr, flush=True)
+
     encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
     progress = not args.quiet
     if args.dataset == "fashion-mnist":
