@@ -102,6 +102,9 @@ def test_training_lowers_loss_beats_chance_and_resumes(fmnist_small, tmp_path):
     assert hist_b["loss"] == hist["loss"]
     for a, b in zip(head.state_dict().values(), resumed.state_dict().values()):
         assert np.array_equal(a.numpy(), b.numpy())
+    # other data of the same size in the same folder starts afresh instead of resuming
+    _, hist_c = train_head(vecs[100:300], y[100:300], classes, out_dir=tmp_path / "b", **{**kw, "epochs": 31})
+    assert len(hist_c["loss"]) == 31 and hist_c["loss"][:30] != hist["loss"]
 
 
 def test_head_loads_through_create_encoder(fmnist_small, tmp_path):

@@ -13,6 +13,7 @@ closing note).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -60,7 +61,9 @@ def train_head(X, y, classes, encoder: str, out_dir, lam: float = 0.5, margin: f
     out.mkdir(parents=True, exist_ok=True)
     cfg = _config(encoder=encoder, classes=classes, lam=lam, margin=margin, weight_scale=weight_scale,
                   hidden=hidden, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
-                  seed=seed, n=len(X), dim=X.shape[1])  # not epochs: a longer run continues a shorter one
+                  seed=seed, n=len(X), dim=X.shape[1],
+                  data=hashlib.sha256(X.tobytes() + y.tobytes()).hexdigest()[:16])
+    # not epochs: a longer run continues a shorter one; the data hash: other data never resumes this run
     torch.manual_seed(seed)
     head = make_head(X.shape[1], len(classes), hidden).to(device)
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
