@@ -192,6 +192,8 @@ def cmd_train(args) -> int:
 
     from plugin.semantics.trainer import train_head
 
+    if args.finetune:
+        return _finetune(args)
     store = open_collection(args)
     with store:
         ids, vecs, pls = store.all_vectors(payload_fields=["wnid"])
@@ -212,6 +214,34 @@ def cmd_train(args) -> int:
     print(json.dumps({"head": os.path.join(out, "head.pt"), "classes": len(classes), "points": len(labelled),
                       "epochs": hist["epoch"][-1], "loss": hist["loss"][-1], "train_acc": hist["train_acc"][-1],
                       "plot": os.path.join(out, "loss.png")}))
+    return 0
+
+
+def _finetune(args) -> int:
+    """Full ResNet-50 fine-tuning with the hierarchical loss on a folder of labelled images (needs a GPU
+    for real runs; --max-steps makes a CPU smoke run)."""
+    import numpy as np
+
+    from loaders import folder_items
+    from plugin.semantics.trainer import finetune_resnet50
+
+    if args.finetune != "resnet50":
+        raise HSearchError(f"--finetune supports resnet50, not {args.finetune}")
+    if not args.images:
+        raise HSearchError("--finetune needs --images DIR (a folder of <wnid>_*.jpg or <wnid>/*.jpg images)")
+    items = [it for it in folder_items(args.images) if it.wnid]
+    if not items:
+        raise HSearchError(f"no labelled images in {args.images}")
+    classes = sorted({it.wnid for it in items})
+    y = np.asarray([classes.index(it.wnid) for it in items])
+    out = args.out or os.path.join(str(config.home()), "heads", "resnet50-hier")
+    path, hist = finetune_resnet50([it.load() for it in items], y, classes, out, lam=args.lam, margin=args.margin,
+                                   weight_scale=args.weight_scale, epochs=args.epochs, lr=args.lr,
+                                   batch_size=args.batch_size, seed=args.seed, device=args.device,
+                                   pretrained=None if args.weights == "none" else args.weights,
+                                   progress=not args.quiet, max_steps=args.max_steps)
+    print(json.dumps({"checkpoint": path, "classes": len(classes), "images": len(items), "steps": len(hist["loss"]),
+                      "loss": hist["loss"][-1], "use": f"create_encoder('resnet50', pretrained='{path}')"}))
     return 0
 
 
@@ -434,6 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "`search --head NAME` uses it")
     p.add_argument("--out", default=None, help="output folder instead of <collection state>/heads/NAME; "
                    "re-running resumes")
+    p.add_argument("--finetune", default=None, metavar="ARCH",
+                   help="instead of a head: fine-tune all of ARCH (resnet50) on --images with the same loss (GPU)")
+    p.add_argument("--images", default=None, help="--finetune: a folder of <wnid>_*.jpg or <wnid>/*.jpg images")
+    p.add_argument("--max-steps", type=int, default=None, help="--finetune: stop after N steps (a CPU smoke run)")
+    p.add_argument("--weights", default="default", help="--finetune: starting weights, a torchvision tag (needs "
+                   "internet), a local .pth, or none (random: smoke runs)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 

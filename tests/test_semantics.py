@@ -208,3 +208,20 @@ def test_cli_train_then_weighted_search(capsys, tmp_path):
         assert code == 0 and qc in {"n02872752", "n03472535", "n04133789"}, out  # an ankle boot: footwear
     assert main(["search", "--sample", "fashion-mnist:train:0", "--mode", "weighted", *common]) == 0
     assert '"query_class": "n' in capsys.readouterr().out  # ImageNet classifier's own prediction
+
+
+def test_resnet50_finetune_smoke_run_on_cpu(fmnist_small, tmp_path):
+    """The full fine-tuning path (meant for a GPU) runs end to end on CPU for two steps from random weights,
+    and its checkpoint loads back through create_encoder with the collection's classes."""
+    from plugin.encoders import create_encoder
+    from plugin.semantics.trainer import finetune_resnet50
+
+    _, y, classes, items = _split(fmnist_small)
+    images = [it.load() for it in items[:8]]
+    path, hist = finetune_resnet50(images, y[:8], classes, tmp_path, epochs=1, batch_size=4, pretrained=None,
+                                   device="cpu", progress=False, max_steps=2)
+    assert len(hist["loss"]) == 2 and all(np.isfinite(hist["loss"])) and hist["pair"][0] > 0
+    enc = create_encoder("resnet50", pretrained=path, device="cpu")
+    assert enc.classes == classes
+    probs = enc.predict_proba(images[:3])
+    assert probs.shape == (3, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)

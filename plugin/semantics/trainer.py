@@ -151,3 +151,78 @@ def head_probabilities(head, X, batch_size: int = 4096) -> np.ndarray:
             out.append(torch.softmax(head(torch.from_numpy(np.ascontiguousarray(X[s:s + batch_size], np.float32))),
                                      1).numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def finetune_resnet50(images, labels, classes, out_dir, lam: float = 0.5, margin: float = 0.2,
+                      weight_scale: float = 0.3, epochs: int = 90, lr: float = 1e-3, batch_size: int = 256,
+                      pretrained: str | None = "default", device: str = "auto", seed: int = 0,
+                      progress: bool = True, max_steps: int | None = None) -> tuple[str, dict]:
+    """The card's "ResNet-50 hierarchical": fine-tune all of torchvision's ResNet-50 on labelled images
+    with the hierarchical loss (the paper: Adam, lr 1e-3, batch 256, 90 epochs, lambda 0.5, m 0.2,
+    alpha 0.3), a new ``fc`` over ``classes``; the prototypes are ``fc``'s rows, as for the head.
+
+    Meant for a GPU (``device="auto"`` picks CUDA when present). On CPU only a smoke run is practical
+    (``max_steps``): it proves the path end to end. Writes ``out_dir/resnet50-hier.pth`` in the format
+    ``create_encoder("resnet50", pretrained=path)`` loads, with its wnids, and returns (path, history).
+    ``pretrained``: a torchvision tag or local file to start from (None: random init, for smoke runs).
+    """
+    import io
+
+    import torch
+
+    from plugin.encoders import create_encoder
+    from plugin.encoders.base import to_rgb
+    from plugin.fsutil import atomic_write_bytes
+    from plugin.taxonomy import Taxonomy
+
+    labels = np.asarray(labels, np.int64)
+    if len(images) != len(labels) or len(images) == 0:
+        raise HSearchError(f"need one label per image, got {len(images)} images and {len(labels)} labels")
+    if labels.min() < 0 or labels.max() >= len(classes):
+        raise HSearchError(f"labels must index the {len(classes)} classes")
+    torch.manual_seed(seed)
+    enc = create_encoder("resnet50", pretrained=pretrained, device=device)
+    model = enc.model
+    model.fc = torch.nn.Linear(model.fc.in_features, len(classes)).to(enc.device)
+    loss_fn = HierarchicalLoss(Taxonomy(list(classes)).weights(weight_scale), lam=lam, margin=margin).to(enc.device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    history = {"step": [], "loss": [], "ce": [], "pair": []}
+    steps = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_steps or epochs * -(-len(images) // batch_size), desc="fine-tune resnet50", unit="step")
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(images), generator=gen).tolist()
+        for s in range(0, len(perm), batch_size):
+            idx = perm[s:s + batch_size]
+            x = torch.stack([enc.preprocess(to_rgb(images[i])) for i in idx]).to(enc.device)
+            logits = model(x)
+            loss, parts = loss_fn(logits, torch.as_tensor(labels[idx], device=enc.device), model.fc.weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            steps += 1
+            history["step"].append(steps)
+            history["loss"].append(float(loss.detach()))
+            history["ce"].append(parts["ce"])
+            history["pair"].append(parts["pair"])
+            if bar is not None:
+                bar.update(1)
+            if max_steps is not None and steps >= max_steps:
+                break
+        if max_steps is not None and steps >= max_steps:
+            break
+    if bar is not None:
+        bar.close()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "classes": list(classes),
+                "history": history}, buf)
+    path = out / "resnet50-hier.pth"
+    atomic_write_bytes(path, buf.getvalue())
+    return str(path), history
