@@ -74,6 +74,10 @@ def test_extended_or_by_hand():
     # [0, 0, 1, 1, 2]: mean 0.8 + 0.64 = 1.44 drops 2, median 1 + 1 = 2 keeps it: OR keeps it
     assert extended_or(np.array([0.0, 0, 1, 1, 2])).all()
     assert extended_or(np.array([7.0])).tolist() == [True]
+    # two nodes: the larger distance is the extended mean and median; round-off must not drop it (a real
+    # query's colour distances to garment and coat, Fashion-MNIST hand-made features)
+    assert extended_or(np.array([0.20586479, 0.19042122])).all()
+    assert extended_or(np.array([0.1, 0.2, 0.30000000000000004])).all()
 
 
 def test_inc_rule_needs_more_than_half_of_the_features():
@@ -136,3 +140,18 @@ def test_pruning_and_specific_semantics():
     assert name(specific(sel, pr.survivors, W3)) == ["B", "A1", "A"]
     assert name(specific(sel, pr.survivors, W3, n_specific=1)) == ["B"]
     assert specific(sel, [], W3) == []
+
+
+def test_pruning_never_empties_the_search_space():
+    # one subtree, everything selected (fraction 1): T (8,2,2), C1 (1,3,3), C2 (1,3,3) in sixteenths.
+    # Ext OR by colour (T's dominant feature: its only rank is 1 everywhere, first wins): [8, 1, 1] ->
+    # mean 10/3 + 28/9 = 6.44, median 1 + 0 -> T goes. Inc: both children grew in texture and shape -> go.
+    # Nothing would be left: the Ext OR set stands.
+    h = Hierarchy(["T", "C1", "C2"], np.array([-1, 0, 0]), np.ones(3, np.int64), np.ones(3, np.int64), 3)
+    table = np.array([[8, 2, 2], [1, 3, 3], [1, 3, 3]], np.float64) / 16
+    sel = branch_select(h, lambda nodes: table[nodes], W3, fraction=1.0)
+    assert sel.selected == [0, 1, 2]
+    pr = prune(h, sel)
+    assert pr.after_or == [1, 2] and pr.survivors == [1, 2] and pr.fallback
+    assert specific(sel, pr.survivors, W3) == [1, 2]
+    assert not prune(FOREST, branch_select(FOREST, node_dist, W3, fraction=0.5)).fallback

@@ -138,7 +138,8 @@ def _engine_metrics(r: dict, hier, wnid: str, qsyn: set) -> dict:
             "lca_height": lca_height(wnid, spec[0]) if spec else None,
             "share_selected": s["share_selected"], "share_survivors": s["share_survivors"],
             "share_images": s["share_images"], "clusters_visited": s["clusters_visited"],
-            "clusters_of_scored": s["clusters_of_scored"], "semantics_ms": r["ms"]}
+            "clusters_of_scored": s["clusters_of_scored"], "pruning_fallback": s["pruning_fallback"],
+            "semantics_ms": r["ms"]}
 
 
 def _knn_semantics(hit_wnids: list, hier, top_of_class: dict) -> tuple[list, list]:
@@ -219,7 +220,7 @@ def run_fashion(encoders, n_queries: int, cap: int, seed: int, sweep_caps, workd
                     inside |= member[w]
                 order = np.argsort(-scores[inside], kind="stable")
                 m["pr"] = interpolated_pr(rel_all[inside][order], class_size[wnid])
-                if j < 50 and method == "clusters":  # the store's exact search vs numpy on the same vectors
+                if j < 50 and method == "clusters" and hits:  # the store's exact search vs numpy, same vectors
                     # rank by rank, the same score (ids may swap within exact ties: duplicate images)
                     s_np = scores[inside][order[:len(hits)]]
                     agree.append(float(np.mean([abs(h.score - float(x)) <= 1e-4 for h, x in zip(hits, s_np)])))
@@ -236,7 +237,8 @@ def run_fashion(encoders, n_queries: int, cap: int, seed: int, sweep_caps, workd
                                 spec[0] == wnid, "specific_on_path": bool(spec) and spec[0] in qsyn,
                                 "lca_height": lca_height(wnid, spec[0]) if spec else None, "share_selected": None,
                                 "share_survivors": None, "share_images": 1.0, "clusters_visited": None,
-                                "clusters_of_scored": None, "semantics_ms": 0.0, "retrieval_ms": ms,
+                                "clusters_of_scored": None, "pruning_fallback": None, "semantics_ms": 0.0,
+                                "retrieval_ms": ms,
                                 "p_at": precision_at(hw, wnid),
                                 "pr": interpolated_pr(rel_all[order], class_size[wnid])})
         for method, rs in rows.items():
@@ -351,7 +353,9 @@ def run_imagenet(encoders, images: str | None, cap: int, seed: int, log, progres
                     "hits_lca_height": float(np.mean([lca_height(wnid, w) for w in top])) if top else None,
                     "share_selected": r["searched"]["share_selected"],
                     "share_survivors": r["searched"]["share_survivors"],
-                    "share_images": r["searched"]["share_images"], "semantics_ms": r["ms"], "rebuild_s": rebuild_s})
+                    "share_images": r["searched"]["share_images"],
+                    "pruning_fallback": r["searched"]["pruning_fallback"],
+                    "semantics_ms": r["ms"], "rebuild_s": rebuild_s})
             log(f"[{name}] {method}: full build {full_s:.1f}s; {json.dumps(_summarise(rows[method]))}")
         # k-NN vote over all other photos (oracle: the least height any synset of the query's collection has)
         oracle = [r["oracle_lca_height"] for r in rows["clusters"]]
@@ -372,7 +376,8 @@ def run_imagenet(encoders, images: str | None, cap: int, seed: int, log, progres
                 "specific_best_of3_lca_height": lca_height(wnid, spec[0]) if spec else None,
                 "oracle_lca_height": oracle[q],
                 "hits_lca_height": float(np.mean([lca_height(wnid, w) for w in top])), "share_selected": None,
-                "share_survivors": None, "share_images": 1.0, "semantics_ms": 0.0, "rebuild_s": 0.0})
+                "share_survivors": None, "share_images": 1.0, "pruning_fallback": None, "semantics_ms": 0.0,
+                "rebuild_s": 0.0})
         for method, rs in rows.items():
             runs.append({"encoder": name, "method": method, "system": METHODS[method], "queries": len(rs),
                          **_summarise(rs), "per_query": [
@@ -451,6 +456,11 @@ def markdown(rec: dict) -> str:
                        f"{_f(r['specific_best_of3_lca_height'])} | {_f(r['oracle_lca_height'])} | "
                        f"{_f(r['hits_lca_height'])} | {_p(r['share_selected'])} | {_p(r['share_survivors'])} | "
                        f"{_p(r['share_images'])} | {_f(r['semantics_ms'])} | {_f(r['rebuild_s'])} |")
+    fb = [f"{r['encoder']} {r['system']} {_p(r['pruning_fallback'], 2)}" for r in rec["runs"]
+          if r.get("pruning_fallback") is not None]
+    if fb:
+        out += ["", "Queries whose Ext OR-Inc pruning removed every node (the Ext OR set stands instead): "
+                + "; ".join(fb) + "."]
     t4, t7 = rec["paper"]["table4"], rec["paper"]["table7"]
     out += ["", "The paper, for comparison:", "",
             "| system | accuracy (general) | search space (synsets) | after pruning | time / query |",

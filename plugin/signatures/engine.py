@@ -294,6 +294,7 @@ class SemanticsEngine:
                 "searched": {"nodes": n, "scored": len(sel.scored), "selected": len(sel.selected),
                              "after_or": len(pr.after_or), "survivors": len(pr.survivors),
                              "share_selected": len(sel.selected) / n, "share_survivors": len(pr.survivors) / n,
+                             "pruning_fallback": pr.fallback,
                              "clusters_visited": visited_total[0], "clusters_of_scored": scored_sigs,
                              "clusters_total": int(len(snap.sigs)), "images": space,
                              "share_images": space / max(hier.total, 1)},

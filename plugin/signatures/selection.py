@@ -19,7 +19,10 @@ subtree's selected nodes (its top node included), keep a node when ``Dqs <= Dmea
 OR ``Dqs <= Dmed + median|Dqs - Dmed|``. **Inc**: a kept node whose distance grew from its parent's in
 more than half of the features is dropped (soft pruning: only that node, never its subtree; top-level
 nodes have no parent to compare with and stay). The parent's distances exist whether or not the
-parent itself survived, since it was selected to reach the child.
+parent itself survived, since it was selected to reach the child. Pruning never empties the search
+space: Ext OR always keeps each subtree's nearest node, and when Inc would then remove every node
+left (Ext OR dropped a subtree's top node, Inc all its children), the Ext OR set stands instead
+(``Pruned.fallback``; the paper does not say, and a query must get some semantics).
 
 **Specific semantics**: the survivors in CombSUM order of their per-feature ranks
 (:mod:`plugin.signatures.fusion`), the first ``n_specific`` = 3. The images searched for retrieval are
@@ -96,12 +99,15 @@ def branch_select(hier: Hierarchy, node_dist: Callable[[np.ndarray], np.ndarray]
 
 
 def extended_or(dqs: np.ndarray) -> np.ndarray:
-    """Eq. 6: mask of the distances within the extended mean OR the extended median."""
+    """Eq. 6: mask of the distances within the extended mean OR the extended median. The bounds get a
+    relative 1e-9 of slack: with two nodes the larger distance *is* the extended mean, and round-off
+    must not drop it."""
     dqs = np.asarray(dqs, np.float64)
     mean, med = dqs.mean(), np.median(dqs)
     meanx = mean + np.abs(dqs - mean).mean()
     medx = med + np.median(np.abs(dqs - med))
-    return (dqs <= meanx) | (dqs <= medx)
+    slack = 1e-9 * max(float(np.abs(dqs).max()), 1e-300)
+    return (dqs <= meanx + slack) | (dqs <= medx + slack)
 
 
 def inc_keeps(d_child: np.ndarray, d_parent: np.ndarray) -> bool:
@@ -114,6 +120,7 @@ def inc_keeps(d_child: np.ndarray, d_parent: np.ndarray) -> bool:
 class Pruned:
     after_or: list[int]
     survivors: list[int]
+    fallback: bool = False  # Inc removed every node Ext OR kept: the Ext OR set stands
 
 
 def prune(hier: Hierarchy, sel: Selection) -> Pruned:
@@ -127,6 +134,8 @@ def prune(hier: Hierarchy, sel: Selection) -> Pruned:
         after_or += [x for x, k in zip(members, keep) if k]
     survivors = [x for x in after_or
                  if hier.parent[x] < 0 or inc_keeps(sel.dist[x], sel.dist[int(hier.parent[x])])]
+    if not survivors:  # Ext OR dropped the top nodes and Inc every child: prune no further than Ext OR
+        return Pruned(after_or, list(after_or), True)
     return Pruned(after_or, survivors)
 
 
