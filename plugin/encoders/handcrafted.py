@@ -11,7 +11,7 @@ feature apart (:mod:`plugin.signatures.blocks`).
 
 No model, no torch, no weights: ``pretrained`` must be ``"default"``, None, or the current feature
 version (``features-v1``, which ingestion records as the collection's weights). Runs on the CPU, one
-image at a time (~15 ms per image here: the 24 Gabor filtrations are most of it); cache heavy runs
+image at a time (the 24 Gabor filtrations take most of the time); cache heavy runs
 with :mod:`plugin.embedding_cache` as for any encoder.
 
 Bad input: grey images are replicated to RGB (their colour is all achromatic: intensity bins only);
