@@ -22,7 +22,7 @@ the indexes of the node"): each new image joins, in every synset it belongs to, 
 with the nearest signature; the cluster's count and member sum are updated, and so is its signature:
 exactly for centroid signatures (the mean), and for representative signatures the new image becomes
 the representative when it is nearer the new mean than the old one (eq. 3 over the members seen, as
-the old members are not kept); VP-trees are rebuilt (milliseconds). A synset
+the old members are not kept); the VP-trees are rebuilt (a few signatures per synset). A synset
 the engine has never seen, or one that grew by more than ``regrow`` (25%) since it was clustered, is
 flagged; :meth:`sync` re-reads the store and re-clusters exactly those, keeping every other synset's
 signatures (a node whose members did not change is recognised by a fingerprint of its point ids).

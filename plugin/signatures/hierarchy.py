@@ -16,10 +16,11 @@ artifact → ...). It becomes the searched tree in four documented steps:
    (instrumentality → container → bag is searched as ``bag``).
 4. **Top level**: start from the root's children and expand the largest subtree (one without images
    of its own) into its children while there are fewer than ``min_top`` = 3 top-level subtrees or the
-   largest holds more than ``max_share`` = 1/2 of the images. Fashion-MNIST gives garment, woman's
-   clothing (dress), footwear, bag; the ImageNet sample gives ~a dozen (animals, structures,
-   devices, ...); the paper's "general semantics" are these subtrees. Nodes above them (the root and
-   the expanded ones) hold (nearly) everything and are not searched.
+   largest holds more than ``max_share`` = 1/2 of the images. Fashion-MNIST gives bag, dress (woman's
+   clothing collapsed), footwear, garment; the 500 ImageNet-sample photos give 14, from organism and
+   instrumentality down to single-photo ones like teddy (docs/results/semantics-*.md list them); the
+   paper's "general semantics" are these subtrees. Nodes above them (the root and the expanded ones)
+   hold (nearly) everything and are not searched.
 
 Levels count from 1 at the top level. ``parent`` is -1 for top-level nodes.
 """

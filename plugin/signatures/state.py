@@ -4,8 +4,8 @@ atomically and durably (:func:`plugin.fsutil.atomic_write_bytes`), read without 
 Saved: the searched hierarchy (wnids, parents, counts), every node's signatures (representative
 vectors, DC, cluster sizes and member sums) with how they were made (images, sample, clusters,
 seconds, a fingerprint of the member ids), the build parameters, the feature blocks and the collection
-it belongs to. The VP-trees are not saved: rebuilding them from the signatures takes milliseconds and
-cannot disagree with them.
+it belongs to. The VP-trees are not saved: they are rebuilt from the signatures on load (a few per
+synset), so they cannot disagree with them.
 """
 from __future__ import annotations
 
