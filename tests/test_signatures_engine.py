@@ -317,3 +317,32 @@ def test_semantic_search_mode_through_the_router(fm):
         router.search(fm.vecs[0], mode="semantic", s2=0.1)
     sig_modes._cache.clear()
     router.close()
+
+
+def test_semantic_mode_within_a_subtree(fm):
+    """``within=`` and the semantic mode's synsets both hold (an AND of two synset conditions), whether
+    or not one list contains the other: the hits are the store's top-k of that intersection."""
+    from plugin.router import Router
+    from plugin.signatures import modes as sig_modes
+
+    router = Router.build(fm.store, k=4, l=2, relayout=False)
+    ids, X, pls = fm.store.all_vectors(payload_fields=["synsets"])
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    footwear, garment = "n03380867", "n03419014"
+    nonempty = apart = 0
+    for v in fm.vecs[:8]:
+        for within in (footwear, [garment, footwear]):
+            res = router.search(v, k=10, mode="semantic", within=within)
+            spec, sub = set(res.stats["specific"]), set(_as_list(within))
+            apart += not (spec <= sub or sub <= spec)  # lists that do not nest (refused before)
+            inside = np.array([bool(set(p["synsets"]) & spec) and bool(set(p["synsets"]) & sub) for p in pls])
+            scores = Xn[inside] @ (v / np.linalg.norm(v))
+            assert [h.id for h in res] == ids[inside][np.argsort(-scores, kind="stable")[:10]].tolist()
+            nonempty += bool(len(res))
+    assert nonempty >= 4 and apart >= 4  # real hits compared, mostly from non-nesting lists
+    sig_modes._cache.clear()
+    router.close()
+
+
+def _as_list(w):
+    return [w] if isinstance(w, str) else list(w)

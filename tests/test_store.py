@@ -61,6 +61,36 @@ def test_filters_leaf_and_synsets(make_store, fmnist_small):
     assert s.count(Filter.of(leaf_in=[3])) == int((leaves == 3).sum())
 
 
+def test_several_synset_groups_all_hold(make_store, fmnist_small):
+    """An AND of synset ORs (within= a subtree AND a mode's synsets) on the engine, against numpy."""
+    vecs, wnids, _ = fmnist_small
+    s = make_store(vecs.shape[1])
+    _fill(s, vecs, wnids)
+    boot, sandal, sneaker = "n02872752", "n04133789", "n03472535"
+    w = np.asarray(wnids)
+    f = Filter.of(synsets_any=[boot, sandal], synsets_all=[[boot, sneaker]])
+    assert len(f.synsets_all) == 2  # neither group contains the other: both are sent
+    assert s.count(f) == int((w == boot).sum()) > 0
+    hits = s.search(vecs[0], k=300, filter=f, exact=True)
+    want, _ = _brute(vecs, vecs[0], int((w == boot).sum()), mask=w == boot)
+    assert sorted(h.id for h in hits) == sorted(want.tolist())
+    both = Filter.both(Filter.of(leaf_in=[2, 5], synsets_any=[boot, sandal]), Filter.of(synsets_any=[sandal, sneaker]))
+    leaves = np.arange(len(vecs)) % 7
+    assert s.count(both) == int(((w == sandal) & np.isin(leaves, [2, 5])).sum()) > 0
+    assert s.count(Filter.of(synsets_any=[boot], synsets_all=[[sandal]])) == 0  # disjoint subtrees: nothing
+    assert s.count(Filter.of(synsets_any=[])) == 0  # an empty group matches nothing
+
+
+def test_filter_groups_are_minimal():
+    boot, sandal, shoe = "n02872752", "n04133789", "n04199027"
+    assert Filter.of(synsets_any=boot) == Filter.of(synsets_any=[boot])  # a str is one wnid
+    assert Filter.both(Filter.of(synsets_any=[boot, sandal]), Filter.of(synsets_any=[boot])).synsets_all == ((boot,),)
+    assert Filter.of(synsets_any=[boot], synsets_all=[[boot], [boot, boot]]).synsets_all == ((boot,),)
+    f = Filter.both(Filter.of(leaf_in=[1, 2, 3], synsets_any=[boot, shoe], wnid=boot), Filter.of(leaf_in=[3, 2, 9]))
+    assert f.leaf_in == (2, 3) and f.synsets_all == ((boot, shoe),) and f.match == (("wnid", boot),)
+    assert Filter.both(None, f) is f and Filter.both(f, None) is f
+
+
 def test_batch_search_and_per_query_filters(make_store, fmnist_small):
     vecs, wnids, _ = fmnist_small
     s = make_store(vecs.shape[1])

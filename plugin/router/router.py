@@ -361,8 +361,8 @@ def _as_list(within) -> list[str] | None:
 
 
 def restriction(within, filter: Filter | None = None) -> Filter | None:
-    """``within`` (validated wnids) and ``filter`` as one :class:`Filter`, or None (also for stores
-    searched without a router)."""
+    """``within`` (validated wnids) AND ``filter`` as one :class:`Filter`, or None (also for stores
+    searched without a router). A synset condition in ``filter`` and ``within`` must both hold."""
     wnids = _as_list(within)
     if wnids is not None:
         from plugin.taxonomy import synsets_of
@@ -374,27 +374,12 @@ def restriction(within, filter: Filter | None = None) -> Filter | None:
         raise RouterError(f"filter must be a plugin.store.Filter, got {type(filter).__name__}")
     if wnids is None:
         return filter
-    if filter is not None and filter.synsets_any is not None:
-        raise RouterError("give the subtree either as within= or as filter.synsets_any, not both")
-    base = filter or Filter()
-    return Filter(leaf_in=base.leaf_in, synsets_any=tuple(wnids), match=base.match)
+    return Filter.both(filter, Filter.of(synsets_any=wnids))
 
 
 def _and(a: Filter | None, b: Filter | None) -> Filter | None:
-    """Both filters at once. ``leaf_in`` lists intersect; two ``synsets_any`` conditions cannot be
-    expressed in one :class:`Filter` and are refused; ``match`` conditions add up."""
-    if a is None or b is None:
-        return a if b is None else b
-    leaf_in = a.leaf_in if b.leaf_in is None else b.leaf_in if a.leaf_in is None else \
-        tuple(x for x in a.leaf_in if x in set(b.leaf_in))
-    if a.synsets_any is not None and b.synsets_any is not None:
-        syn = tuple(x for x in a.synsets_any if x in set(b.synsets_any))
-        if set(a.synsets_any) != set(syn) and set(b.synsets_any) != set(syn):
-            raise RouterError("cannot combine two different synset restrictions in one search")
-        syn = syn or ("__none__",)
-    else:
-        syn = a.synsets_any if b.synsets_any is None else b.synsets_any
-    return Filter(leaf_in=leaf_in, synsets_any=syn, match=tuple(sorted(set(a.match) | set(b.match))))
+    """Both filters at once (:meth:`Filter.both`): leaves intersect, synset restrictions all hold."""
+    return Filter.both(a, b)
 
 
 def _union_by_score(lists: list, k: int) -> list:

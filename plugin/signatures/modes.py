@@ -5,9 +5,9 @@
 
 Per query, :meth:`SemanticsEngine.semantics` runs branch selection, Extended OR-Inc pruning and CombSUM;
 the plan is one store probe restricted (synset filter) to the specific semantics, scored exactly: the
-paper's retrieval in the final search space. ``filter=`` conditions other than synsets apply on top;
-``within=`` combines only when one synset list contains the other (a store :class:`Filter` holds one
-synset condition, so the router refuses two different ones). The engine
+paper's retrieval in the final search space. ``filter=`` and ``within=`` apply on top: a store
+:class:`Filter` holds several synset conditions, so the hits lie under a specific semantic AND under
+the subtree (none when the two are disjoint; no widening, the probe has no leaf routing). The engine
 is the collection's saved signatures (``hsearch signatures build``), loaded once per state file and
 reloaded when the file changes; a collection without signatures is an error that says how to build
 them.

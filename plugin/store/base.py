@@ -28,22 +28,57 @@ MAX_ID = 2**63 - 1
 class Filter:
     """A payload filter in our own terms; each backend translates it.
 
-    ``leaf_in``: the point's ``leaf`` is one of these ints. ``synsets_any``: the point's ``synsets``
-    array contains at least one of these wnids. ``match``: exact equality on other payload fields.
-    All given conditions must hold (AND).
+    ``leaf_in``: the point's ``leaf`` is one of these ints. ``synsets_all``: groups of wnids; the
+    point's ``synsets`` array holds at least one wnid of *every* group (an AND of ORs, so ``within=``
+    a subtree and a search mode's own synsets restrict together); an empty group matches nothing.
+    ``match``: exact equality on other payload fields. All given conditions must hold (AND).
+    Build one with :meth:`of`; combine two with :meth:`both`.
     """
 
     leaf_in: tuple[int, ...] | None = None
-    synsets_any: tuple[str, ...] | None = None
+    synsets_all: tuple[tuple[str, ...], ...] = ()
     match: tuple[tuple[str, Any], ...] = ()
 
     @staticmethod
-    def of(leaf_in=None, synsets_any=None, **match) -> "Filter":
+    def of(leaf_in=None, synsets_any=None, synsets_all=(), **match) -> "Filter":
+        """``synsets_any``: one group (the point is under one of these wnids; a str is one wnid);
+        ``synsets_all``: more groups, each of which must hold."""
+        groups = ([] if synsets_any is None else [_wnid_group(synsets_any)]) + [_wnid_group(g) for g in synsets_all]
         return Filter(
             leaf_in=None if leaf_in is None else tuple(int(x) for x in leaf_in),
-            synsets_any=None if synsets_any is None else tuple(str(x) for x in synsets_any),
+            synsets_all=_minimal_groups(groups),
             match=tuple(sorted(match.items())),
         )
+
+    @staticmethod
+    def both(a: "Filter | None", b: "Filter | None") -> "Filter | None":
+        """``a`` AND ``b``: ``leaf_in`` lists intersect, synset groups and ``match`` conditions add up."""
+        if a is None or b is None:
+            return a if b is None else b
+        if a.leaf_in is None or b.leaf_in is None:
+            leaf_in = a.leaf_in if b.leaf_in is None else b.leaf_in
+        else:
+            keep = set(b.leaf_in)
+            leaf_in = tuple(x for x in a.leaf_in if x in keep)
+        return Filter(leaf_in=leaf_in, synsets_all=_minimal_groups(a.synsets_all + b.synsets_all),
+                      match=tuple(sorted(set(a.match) | set(b.match))))
+
+
+def _wnid_group(wnids) -> tuple[str, ...]:
+    if isinstance(wnids, str):
+        return (wnids,)
+    return tuple(dict.fromkeys(str(x) for x in wnids))
+
+
+def _minimal_groups(groups) -> tuple[tuple[str, ...], ...]:
+    """The same AND of ORs with redundant groups dropped: a group that contains another is implied by it."""
+    sets = [frozenset(g) for g in groups]
+    keep = []
+    for i, s in enumerate(sets):
+        implied = any(t <= s and (t != s or j < i) for j, t in enumerate(sets) if j != i)
+        if not implied:
+            keep.append(tuple(groups[i]))
+    return tuple(keep)
 
 
 @dataclass
@@ -119,8 +154,8 @@ def translate_filter(m, f: Filter | None):
     must = []
     if f.leaf_in is not None:
         must.append(m.FieldCondition(key="leaf", match=m.MatchAny(any=[int(x) for x in f.leaf_in])))
-    if f.synsets_any is not None:
-        must.append(m.FieldCondition(key="synsets", match=m.MatchAny(any=[str(x) for x in f.synsets_any])))
+    for group in f.synsets_all:  # one condition per group: must = AND, MatchAny = OR
+        must.append(m.FieldCondition(key="synsets", match=m.MatchAny(any=[str(x) for x in group])))
     for key, value in f.match:
         must.append(m.FieldCondition(key=key, match=m.MatchValue(value=value)))
     return m.Filter(must=must) if must else None
