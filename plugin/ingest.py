@@ -21,6 +21,21 @@ there as stored: its new source is appended to the old point instead of a duplic
 Images new to such a collection get content ids. Duplicates the old scheme already stored (the
 same bytes under two keys) stay as they are.
 
+**Signatures follow.** When the collection has visual signatures (``hsearch signatures build``), each
+batch's new points join them (:meth:`~plugin.signatures.engine.SemanticsEngine.add`: in every synset
+of the image, the dominant cluster with the nearest signature takes it; centroid signatures stay the
+exact mean), so ``describe`` right after an ingest is not stale and counts the new images. The
+re-clustering (:meth:`~plugin.signatures.engine.SemanticsEngine.sync`: one read of every vector,
+clustering only the flagged synsets) runs once, at the end of the ingest, and only when a synset is
+new to the signatures or has grown by more than the build's ``regrow`` fraction (25%) of the images
+it was clustered from: below that a new image moves its cluster's mean, past it the clusters
+themselves may no longer be the dominant ones. Otherwise the updated signatures are saved atomically.
+The engine is the process's shared one (:mod:`plugin.signatures.shared`), so the ``semantic`` mode
+and the demo see the additions at once. An ingest that stops midway saves what its finished batches
+added and leaves the re-clustering to ``hsearch signatures build --sync``; signatures that cannot be
+read are reported and left alone. The summary's ``signatures`` says what happened (None: the
+collection has none).
+
 ``HSEARCH_TEST_STALL_AFTER_BATCHES=N`` (tests only: ``tests/test_ingest_crash.py``) makes the ingest
 stop in the middle of batch N, after its points are written and before the batch is finished, print
 ``stalled`` to stderr and sleep, so a test can SIGKILL a real run at a known point.
@@ -39,7 +54,7 @@ import numpy as np
 
 from loaders.base import Item, content_hash
 from plugin.embedding_cache import EmbeddingCache, encode_items_cached, encoder_cache_key
-from plugin.errors import BadImageError, CollectionExistsError, UnknownSynsetError
+from plugin.errors import BadImageError, CollectionExistsError, HSearchError, UnknownSynsetError
 
 log = logging.getLogger("hsearch.ingest")
 
@@ -96,6 +111,36 @@ def _legacy_hashes(store) -> dict[str, int] | None:
     return by_hash
 
 
+def _signatures_of(store):
+    """The collection's shared semantics engine, or None when it has no signatures (or they cannot be
+    read: reported, ingest goes on, describe will flag them)."""
+    from plugin.signatures.state import state_path
+
+    if not state_path(store).exists():
+        return None
+    from plugin.signatures.shared import engine_for
+
+    try:
+        return engine_for(store)
+    except HSearchError as e:
+        log.warning("the signatures of '%s' are not updated by this ingest: %s", store.name, e)
+        return None
+
+
+def _settle_signatures(store, eng, finished: bool) -> dict:
+    """Save what the batches added; re-cluster first when the ingest finished and a synset is flagged."""
+    from plugin.signatures.shared import remember
+
+    out = {"synced": False}
+    if finished and eng.stale:
+        out.update(synced=True, **{k: v for k, v in eng.sync().items() if k in ("reclustered", "kept")})
+    else:
+        eng.save()
+    remember(store, eng)
+    out["stale"] = sorted(eng.stale)
+    return out
+
+
 def _stall_after() -> int | None:
     v = os.environ.get("HSEARCH_TEST_STALL_AFTER_BATCHES")
     return int(v) if v else None
@@ -106,7 +151,8 @@ def ingest(items: Iterable[Item], encoder, store, router=None, batch_size: int =
     """Add ``items`` to ``store`` (new points via ``router.add`` if given). Returns a summary dict:
     ``seen``, ``added`` (new points), ``existing`` (items whose image was already stored, by an earlier
     run or earlier in this one), ``new_sources`` (sources appended to stored images), ``bad``,
-    ``unlabelled``, ``bad_items`` ([(source, reason)]), ``seconds``, ``points``."""
+    ``unlabelled``, ``bad_items`` ([(source, reason)]), ``seconds``, ``points``, ``signatures`` (see the
+    module docstring)."""
     if encoder.dim != store.dim:
         raise CollectionExistsError(
             f"encoder '{encoder.name}' gives {encoder.dim}-d vectors but collection '{store.name}' holds "
@@ -118,6 +164,9 @@ def ingest(items: Iterable[Item], encoder, store, router=None, batch_size: int =
     if not meta.get("encoder"):
         store.update_meta(encoder=encoder.name, weights=str(getattr(encoder, "weights", "default")))
     legacy = _legacy_hashes(store)
+    sigs = _signatures_of(store)
+    sig_added = 0
+    finished = False
     stall = _stall_after()
     cache = EmbeddingCache(encoder_cache_key(encoder), encoder.dim) if use_cache else None
     stats = {"seen": 0, "added": 0, "existing": 0, "new_sources": 0, "bad": 0, "unlabelled": 0, "bad_items": []}
@@ -189,6 +238,9 @@ def ingest(items: Iterable[Item], encoder, store, router=None, batch_size: int =
                 else:
                     store.upsert(list(new), vecs, list(new.values()))
                 stats["added"] += len(new)
+                if sigs is not None:
+                    sigs.add(list(new), vecs, list(new.values()))
+                    sig_added += len(new)
             if stall is not None and n_batch == stall:
                 store.flush()
                 print("stalled", file=sys.stderr, flush=True)
@@ -198,12 +250,21 @@ def ingest(items: Iterable[Item], encoder, store, router=None, batch_size: int =
                 stats["new_sources"] += len(srcs) - len(sources_of(stored[pid]))
             if bar is not None:
                 bar.update(len(batch))
+        finished = True
     finally:
         if bar is not None:
             bar.close()
         if cache is not None:
             cache.close()
         store.flush()
+        if sig_added:
+            try:
+                stats["signatures"] = {"added": sig_added, **_settle_signatures(store, sigs, finished)}
+            except Exception:
+                if finished:
+                    raise
+                log.exception("could not save the signatures after a failed ingest")  # the first error goes on
+    stats.setdefault("signatures", None if sigs is None else {"added": 0, "synced": False, "stale": sorted(sigs.stale)})
     stats["seconds"] = round(time.perf_counter() - t0, 2)
     stats["points"] = store.count()
     return stats

@@ -373,6 +373,8 @@ class SemanticsEngine:
                     if counts[i] > (1 + regrow) * max(self.nodes[i].n_images, 1):
                         self.stale.add(s)
             self.stale |= new
+            self.meta["n_points"] = int(self.meta.get("n_points", 0)) + len(X)
+            self.meta["n_labelled"] = int(self.meta.get("n_labelled", 0)) + sum(1 for pl in payloads if pl.get("synsets"))
             hier2 = Hierarchy(hier.wnids, hier.parent, counts, hier.direct, hier.total + len(X), hier.above,
                               hier.dropped)
             self.snap = self._pack(hier2)

@@ -8,41 +8,16 @@ the plan is one store probe restricted (synset filter) to the specific semantics
 paper's retrieval in the final search space. ``filter=`` and ``within=`` apply on top: a store
 :class:`Filter` holds several synset conditions, so the hits lie under a specific semantic AND under
 the subtree (none when the two are disjoint; no widening, the probe has no leaf routing). The engine
-is the collection's saved signatures (``hsearch signatures build``), loaded once per state file and
-reloaded when the file changes; a collection without signatures is an error that says how to build
-them.
+is the collection's shared one (:mod:`plugin.signatures.shared`: loaded once per state file, kept current
+by ingestion); a collection without signatures is an error that says how to build them.
 """
 from __future__ import annotations
 
-import os
-import threading
-
 from plugin.router.modes import Plan, Probe, register_mode
-from plugin.signatures.engine import SemanticsEngine, label
+from plugin.signatures.engine import label
 from plugin.signatures.selection import FRACTION, N_SPECIFIC
-from plugin.signatures.state import state_path
+from plugin.signatures.shared import _cache, engine_for  # noqa: F401 - _cache: tests clear it
 from plugin.store.base import Filter
-
-_cache: dict = {}
-_cache_lock = threading.Lock()
-
-
-def engine_for(store) -> SemanticsEngine:
-    """The collection's engine, loaded once per version of its state file."""
-    path = state_path(store)
-    try:
-        stamp = os.stat(path).st_mtime_ns
-    except FileNotFoundError:
-        stamp = None
-    key = str(path)
-    with _cache_lock:
-        hit = _cache.get(key)
-        if hit is not None and hit[0] == stamp and hit[1].store is store:
-            return hit[1]
-    eng = SemanticsEngine.load(path, store)  # a missing file raises SignaturesError with the fix
-    with _cache_lock:
-        _cache[key] = (stamp, eng)
-    return eng
 
 
 @register_mode("semantic", fraction=FRACTION, n_specific=N_SPECIFIC)
