@@ -150,6 +150,8 @@ def cmd_search(args) -> int:
             params["s1"] = args.s1
         if args.s2 is not None:
             params["s2"] = args.s2
+        if args.recall is not None:
+            params["recall"] = args.recall
         if router is not None:
             hits = router.search(vec, k=args.k, mode=args.mode, within=args.within, **params)
             stats = hits.stats
@@ -183,6 +185,20 @@ def cmd_build(args) -> int:
         router = Router.build(store, k=args.branching, l=args.levels, max_leaf_size=args.max_leaf_size,
                               min_leaf_size=args.min_leaf_size, seed=args.seed)
         print(json.dumps({**router.describe(), **{k: round(v, 2) for k, v in router.build_stats.items()}}))
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    """Calibrate search mode ``target`` on points sampled from the collection (plugin.router.target)."""
+    from plugin.router import Router
+
+    store = open_collection(args)
+    with store:
+        if not Router.exists(store):
+            raise HSearchError(f"collection '{store.name}' has no router: run `hsearch build` first")
+        cal = Router.open(store).calibrate(n_queries=args.queries, s2_wide=args.s2_wide,
+                                           max_candidates=args.max_candidates, seed=args.seed)
+    print(json.dumps(cal.stats))
     return 0
 
 
@@ -366,11 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--id", type=int, help="id of a stored point")
     q.add_argument("--sample", help="LOADER:INDEX, e.g. fashion-mnist:train:17")
     p.add_argument("-k", type=int, default=10)
-    p.add_argument("--mode", default="auto", help="exact | intensive | relaxed | auto | weighted | category_first | "
-                   "semantic "
+    p.add_argument("--mode", default="auto", help="exact | intensive | relaxed | auto | target | weighted | "
+                   "category_first | semantic "
                    "(all but exact need `build`)")
     p.add_argument("--s1", type=float, default=None, help="relaxed search: absolute distance threshold (default: off; its scale depends on the metric)")
     p.add_argument("--s2", type=float, default=None, help="relaxed search: threshold relative to the best node")
+    p.add_argument("--recall", type=float, default=None,
+                   help="target search: mean recall@10 target (needs `hsearch calibrate`)")
     p.add_argument("--query-class", default=None, metavar="WNID",
                    help="weighted / category_first: the query's class (default: the classifier's prediction)")
     p.add_argument("--head", default=None, help="head file, or name (hier, ce) of one `hsearch train` saved, "
@@ -388,6 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--if-missing", action="store_true", help="do nothing if a router is already built")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("calibrate", help="calibrate search mode target (a recall@10 target per query) after `build`")
+    _add_common(p)
+    p.add_argument("--queries", type=int, default=2000, help="collection points sampled as calibration queries")
+    p.add_argument("--s2-wide", type=float, default=0.12, help="relaxed s2 giving the candidate leaves")
+    p.add_argument("--max-candidates", type=int, default=128, help="candidate leaves per query at most")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("bench", help="benchmarks (write JSON records, print tables, save plots)")
     bsub = p.add_subparsers(dest="bench", required=True)

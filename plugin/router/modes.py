@@ -85,7 +85,7 @@ class Mode:
 
 MODES: dict[str, Mode] = {}
 #: Packages whose modes register themselves on import (loaded on first lookup, like the encoder registry).
-EXTENSIONS = ("plugin.semantics.modes", "plugin.signatures.modes")
+EXTENSIONS = ("plugin.semantics.modes", "plugin.signatures.modes", "plugin.router.target")
 _loaded = False
 
 

@@ -282,6 +282,12 @@ class Router:
                                               filter=_and(p.filter, restrict), exact=True)[0]
         return hits, widened
 
+    def calibrate(self, queries=None, **params):
+        """Calibrate search mode ``target`` (:func:`plugin.router.target.calibrate`); saved beside the state."""
+        from plugin.router.target import calibrate
+
+        return calibrate(self, queries, **params)
+
     # ---- incremental --------------------------------------------------------------------------
     def add(self, ids, vectors, payloads=None, save: bool = False) -> dict:
         """Route new points to their nearest leaf and upsert them; split/merge leaves that cross bounds."""

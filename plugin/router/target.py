@@ -1,0 +1,449 @@
+"""Search mode ``target``: score, per query, just enough of the tree for a mean recall@10 target.
+
+    router.calibrate()                                   # once per build (or `hsearch calibrate`)
+    hits = router.search(vec, mode="target", recall=0.95)
+
+Why per query: a fixed relaxed ``s2`` spends the same distance margin on every query, but queries
+differ. Some sit deep inside one cluster and find their ten neighbours in the first leaf, others sit
+between clusters and need many. Quake (OSDI 2025) estimates each query's recall from its distances to
+the partition centroids; Li et al. (SIGMOD 2020) learn per query how many partitions to search with
+gradient-boosted trees over features such as the distances to the nearest centroids. This mode follows
+both, and makes one choice of its own:
+
+1. **Candidates, ranked.** Relaxed routing with a generous ``s2_wide`` (0.12 by default: relaxed
+   recall@10 is 0.9996-1.0 there in ``docs/results/hkm-fashion-mnist.md``), capped at
+   ``max_candidates`` leaves and ordered by leaf-centroid distance (``kernels.rank_nodes``).
+2. **The value of each leaf.** A gradient-boosted regressor (scikit-learn's
+   ``GradientBoostingRegressor``) predicts for every (query, candidate leaf) the share of the query's
+   true top-10 that lies in that leaf. Its features are known before anything is scored: the leaf's rank,
+   its distance, the gaps to the best leaf and between the best few, the leaf's size, how many points
+   lie in better-ranked leaves, and how many candidates there are. Predicting per leaf instead of one
+   prefix length per query (Li et al.) lets the choice weigh a leaf's size: **a leaf is scored when its
+   predicted recall per scored point is at least λ** (the best leaf always is). For known gains this is
+   the optimal fractional knapsack for "fewest points at a given mean recall", and it may skip a large,
+   unpromising leaf while scoring a small one ranked after it.
+3. **One global correction.** λ is the only knob. On a calibration split (queries the regressor did not
+   see), the mean recall of the selection is a step function of λ, computed offline: a routed exact
+   search finds a true neighbour exactly when its leaf is scored, so no store search is needed. The curve
+   (λ, mean recall, mean points) is stored; a target reads λ off it by interpolation.
+
+The trees are exported to flat arrays (public ``tree_`` attributes; ``init="zero"``, so the prediction
+is the sum of the trees) and evaluated by a numba kernel: no pickle on disk and no scikit-learn call per
+query. Calibration queries are points sampled from the collection (each excluded from its own ground
+truth) or vectors the caller gives. The calibration lives in ``router.target.npz`` beside the router
+state (atomic write), keyed by ``router_id``: a rebuild invalidates it, and so does a collection that
+grew or shrank by more than :data:`MAX_DRIFT` since. Either, or no calibration at all, is a clear error
+naming ``hsearch calibrate``; calibrating lazily inside a search would stall it for a minute.
+What it measured: ``docs/results/target-fashion-mnist.json`` (:func:`evaluate_target`).
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from plugin.errors import RouterError
+from plugin.fsutil import atomic_write_bytes
+from plugin.router import kernels
+from plugin.router.modes import register_mode
+
+CALIBRATION_FILE = "router.target.npz"
+FORMAT_VERSION = 1
+#: a calibration is refused once the collection has grown or shrunk by more than this share since
+MAX_DRIFT = 0.10
+TOP = 10  # recall@10
+N_FEATURES = 10
+
+
+def calibration_path(store) -> Path:
+    return Path(store.state_dir()) / CALIBRATION_FILE
+
+
+# ---- candidates and features ------------------------------------------------------------------
+def ranked_candidates(flat, Q: np.ndarray, s2_wide: float, max_candidates: int):
+    """Candidate leaves per query in rank order: (leaf ids (B, M), distances (B, M), sizes (B, M), counts (B,))."""
+    out, counts = kernels.route_batch(Q, flat.centroids, flat.child_offsets, flat.children, flat.leaf_of_node,
+                                      flat.metric, kernels.RELAXED, -math.inf, float(s2_wide),
+                                      max(flat.n_leaves, 1))
+    node_of_leaf = np.full(max(flat.next_leaf_id, 1), -1, np.int64)
+    is_leaf = flat.leaf_of_node >= 0
+    node_of_leaf[flat.leaf_of_node[is_leaf]] = np.flatnonzero(is_leaf)
+    nodes = np.where(out >= 0, node_of_leaf[np.maximum(out, 0)], -1)
+    ranked, dist = kernels.rank_nodes(Q, flat.centroids, nodes, counts, flat.metric)
+    ranked, dist = ranked[:, :max_candidates], dist[:, :max_candidates]
+    counts = np.minimum(counts, max_candidates)
+    leaves = np.where(ranked >= 0, flat.leaf_of_node[np.maximum(ranked, 0)], -1).astype(np.int64)
+    sizes = np.where(leaves >= 0, flat.leaf_counts[np.maximum(leaves, 0)], 0).astype(np.float64)
+    return leaves, dist, sizes, counts
+
+
+@numba.njit(cache=True)
+def leaf_features(dist, sizes, counts):
+    """(B, M, N_FEATURES) features of every candidate, from its rank-ordered distances and sizes only."""
+    B, M = dist.shape
+    X = np.zeros((B, M, N_FEATURES))
+    for b in range(B):
+        n = counts[b]
+        d0 = dist[b, 0]
+        g1 = dist[b, min(1, n - 1)] - d0
+        g4 = dist[b, min(4, n - 1)] - d0
+        before = 0.0
+        for j in range(n):
+            X[b, j, 0] = j
+            X[b, j, 1] = dist[b, j]
+            X[b, j, 2] = d0
+            X[b, j, 3] = dist[b, j] - d0
+            X[b, j, 4] = (dist[b, j] - d0) / (abs(d0) + 1e-6)
+            X[b, j, 5] = np.log1p(sizes[b, j])
+            X[b, j, 6] = np.log1p(before)
+            X[b, j, 7] = g1
+            X[b, j, 8] = g4
+            X[b, j, 9] = n
+            before += sizes[b, j]
+    return X
+
+
+# ---- the regressor as flat arrays -------------------------------------------------------------
+def forest_arrays(model) -> dict:
+    """A fitted ``GradientBoostingRegressor(init="zero")`` as flat node arrays (values scaled by its
+    learning rate), for :func:`forest_predict`."""
+    feat, thr, left, right, value, roots = [], [], [], [], [], []
+    base = 0
+    for est in model.estimators_[:, 0]:
+        t = est.tree_
+        roots.append(base)
+        feat.append(t.feature)
+        thr.append(t.threshold)
+        leaf = t.children_left < 0
+        left.append(np.where(leaf, -1, t.children_left + base))
+        right.append(np.where(leaf, -1, t.children_right + base))
+        value.append(t.value[:, 0, 0] * model.learning_rate)
+        base += t.node_count
+    return {"feature": np.concatenate(feat).astype(np.int64), "threshold": np.concatenate(thr),
+            "left": np.concatenate(left).astype(np.int64), "right": np.concatenate(right).astype(np.int64),
+            "value": np.concatenate(value), "roots": np.asarray(roots, np.int64)}
+
+
+@numba.njit(cache=True)
+def forest_predict(X, feature, threshold, left, right, value, roots):
+    """Sum of the trees' outputs for every row of ``X`` (n, F) (scikit-learn's rule: go left if x <= t)."""
+    out = np.zeros(X.shape[0])
+    for i in range(X.shape[0]):
+        acc = 0.0
+        for r in roots:
+            node = r
+            while left[node] >= 0:
+                node = left[node] if X[i, feature[node]] <= threshold[node] else right[node]
+            acc += value[node]
+        out[i] = acc
+    return out
+
+
+@numba.njit(cache=True)
+def select_by_value(gain, sizes, counts, lam):
+    """Mask (B, M): candidates whose predicted recall per point is >= ``lam``; rank 0 always."""
+    B, M = gain.shape
+    keep = np.zeros((B, M), np.bool_)
+    for b in range(B):
+        for j in range(counts[b]):
+            keep[b, j] = j == 0 or gain[b, j] >= lam * max(sizes[b, j], 1.0)
+    return keep
+
+
+# ---- calibration ------------------------------------------------------------------------------
+@dataclass
+class Calibration:
+    router_id: str
+    n_points: int
+    s2_wide: float
+    max_candidates: int
+    forest: dict
+    lam: np.ndarray  # decreasing λ grid
+    recall: np.ndarray  # mean recall on the calibration split at each λ (non-decreasing)
+    points: np.ndarray  # mean points scored there
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def max_recall(self) -> float:
+        return float(self.recall[-1])
+
+    def lam_for(self, target: float) -> float:
+        """λ whose calibration-split mean recall is ``target`` (interpolated in log λ)."""
+        if not 0.0 < target <= 1.0 or not math.isfinite(target):
+            raise RouterError(f"recall target must be in (0, 1], got {target}")
+        if target > self.max_recall + 1e-12:
+            raise RouterError(
+                f"recall target {target} is above what this router was calibrated for ({self.max_recall:.4f}, "
+                f"every candidate leaf at s2_wide={self.s2_wide}, max_candidates={self.max_candidates}): "
+                "ask for less, or recalibrate with a larger s2_wide / max_candidates")
+        if target <= self.recall[0]:
+            return float(self.lam[0])
+        i = int(np.searchsorted(self.recall, target))  # recall[i-1] < target <= recall[i]
+        r0, r1 = self.recall[i - 1], self.recall[i]
+        w = 1.0 if r1 == r0 else (target - r0) / (r1 - r0)
+        return float(np.exp((1 - w) * np.log(self.lam[i - 1]) + w * np.log(self.lam[i])))
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        f = self.forest
+        return np.maximum(forest_predict(X, f["feature"], f["threshold"], f["left"], f["right"], f["value"],
+                                         f["roots"]), 0.0)
+
+    def plan(self, flat, Q: np.ndarray, target: float):
+        """Leaf ids to score per query and the predicted recall of each choice."""
+        lam = self.lam_for(target)
+        leaves, dist, sizes, counts = ranked_candidates(flat, Q, self.s2_wide, self.max_candidates)
+        gain = self._gain(dist, sizes, counts)
+        keep = select_by_value(gain, sizes, counts, lam)
+        chosen = [leaves[b][keep[b]] for b in range(len(Q))]
+        predicted = np.minimum((gain * keep).sum(1), 1.0)
+        return chosen, predicted
+
+    def _gain(self, dist, sizes, counts) -> np.ndarray:
+        B, M = dist.shape
+        X = leaf_features(dist, sizes, counts)
+        valid = np.arange(M)[None, :] < counts[:, None]
+        gain = np.zeros((B, M))
+        gain[valid] = self.predict(X[valid])
+        return gain
+
+
+def exact_top(vecs: np.ndarray, Q: np.ndarray, metric: str, k: int = TOP, exclude=None) -> np.ndarray:
+    """Row indices of each query's exact top-``k`` among ``vecs`` (``exclude[b]``: a row to skip)."""
+    out = np.empty((len(Q), k), np.int64)
+    for s in range(0, len(Q), 256):
+        q = Q[s:s + 256]
+        if metric == "l2":
+            sc = 2 * q @ vecs.T - (vecs * vecs).sum(1)[None]
+        else:
+            sc = q @ vecs.T
+        if exclude is not None:
+            sc[np.arange(len(q)), exclude[s:s + 256]] = -np.inf
+        part = np.argpartition(-sc, k, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sc, part, 1), axis=1)
+        out[s:s + 256] = np.take_along_axis(part, order, 1)
+    return out
+
+
+def _leaf_map(router):
+    ids, vecs, pls = router.store.all_vectors(payload_fields=["leaf"])
+    leaf = np.asarray([int(p.get("leaf", -1)) for p in pls], np.int64)
+    return ids, vecs, leaf
+
+
+def _shares(gt_leaf: np.ndarray, leaves: np.ndarray, counts) -> tuple[np.ndarray, np.ndarray]:
+    """(share of each query's top-10 in each candidate (B, M), share in unfiled points (B,))."""
+    y = (gt_leaf[:, None, :] == leaves[:, :, None]).sum(2) / gt_leaf.shape[1]
+    y[np.arange(leaves.shape[1])[None, :] >= np.asarray(counts)[:, None]] = 0
+    return y, (gt_leaf < 0).mean(1)
+
+
+def calibrate(router, queries=None, n_queries: int = 2000, s2_wide: float = 0.12, max_candidates: int = 128,
+              fit_share: float = 0.6, n_estimators: int = 150, max_depth: int = 4, seed: int = 0,
+              save: bool = True) -> Calibration:
+    """Fit the per-leaf recall regressor and the λ curve for mode ``target``; save it beside the router.
+
+    ``queries``: calibration vectors (e.g. held-out images); None samples ``n_queries`` points of the
+    collection itself, each excluded from its own ground truth. ``fit_share`` of them train the
+    regressor, the rest give the λ curve. ``s2_wide`` / ``max_candidates`` bound the candidates, and so
+    the highest recall that can be asked for.
+    """
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    if not 0 < fit_share < 1:
+        raise RouterError(f"fit_share must be in (0, 1), got {fit_share}")
+    if not (math.isfinite(s2_wide) and s2_wide >= 0) or max_candidates < 1:
+        raise RouterError(f"s2_wide must be >= 0 and max_candidates >= 1, got {s2_wide}, {max_candidates}")
+    t0 = time.perf_counter()
+    ids, vecs, leaf = _leaf_map(router)
+    metric = router.tree.metric
+    if metric == "cosine":
+        vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+    rng = np.random.default_rng(seed)
+    if queries is None:
+        if len(ids) < 2 * TOP:
+            raise RouterError(f"calibration needs at least {2 * TOP} points, the collection holds {len(ids)}")
+        rows = rng.choice(len(ids), size=min(n_queries, len(ids)), replace=False)
+        Q, exclude = np.ascontiguousarray(vecs[rows], np.float32), rows
+    else:
+        Q, exclude = router.prepare_queries(queries), None
+    if len(Q) < 20:
+        raise RouterError(f"calibration needs at least 20 queries, got {len(Q)}")
+    gt_leaf = leaf[exact_top(vecs, Q, metric, TOP, exclude)]
+    t_gt = time.perf_counter()
+    flat = router.flat
+    leaves, dist, sizes, counts = ranked_candidates(flat, Q, s2_wide, max_candidates)
+    y, unfiled = _shares(gt_leaf, leaves, counts)
+    X = leaf_features(dist, sizes, counts)
+    valid = np.arange(leaves.shape[1])[None, :] < counts[:, None]
+    order = rng.permutation(len(Q))
+    n_fit = int(round(fit_share * len(Q)))
+    fit, cal = order[:n_fit], order[n_fit:]
+    model = GradientBoostingRegressor(n_estimators=n_estimators, max_depth=max_depth, learning_rate=0.1,
+                                      subsample=0.7, init="zero", random_state=seed)
+    model.fit(X[fit][valid[fit]], y[fit][valid[fit]])
+    t_fit = time.perf_counter()
+    c = Calibration(router.meta["router_id"], int(flat.n_points), float(s2_wide), int(max_candidates),
+                    forest_arrays(model), np.zeros(0), np.zeros(0), np.zeros(0))
+    gain = c._gain(dist[cal], sizes[cal], counts[cal])
+    c.lam, c.recall, c.points = _curve(gain, sizes[cal], counts[cal], y[cal], unfiled[cal])
+    c.stats = {"queries": len(Q), "fit_queries": len(fit), "curve_queries": len(cal),
+               "source": "collection sample" if queries is None else "given", "mean_candidates":
+               float(counts.mean()), "max_recall": c.max_recall, "ground_truth_s": round(t_gt - t0, 2),
+               "fit_s": round(t_fit - t_gt, 2), "total_s": round(time.perf_counter() - t0, 2),
+               "n_estimators": n_estimators, "max_depth": max_depth, "seed": seed}
+    if save:
+        save_calibration(router.store, c)
+    _CACHE.pop(router, None)
+    return c
+
+
+def _curve(gain, sizes, counts, y, unfiled, n_grid: int = 600):
+    """(λ grid, decreasing; mean recall; mean points) of the selection rule on labelled queries."""
+    value = gain / np.maximum(sizes, 1.0)
+    pos = value[(value > 0) & (np.arange(gain.shape[1])[None, :] < counts[:, None])]
+    hi = float(pos.max()) * 1.01 if len(pos) else 1.0
+    lo = float(pos.min()) if len(pos) else 1e-12
+    lam = np.concatenate([np.geomspace(hi, max(lo, hi * 1e-12), n_grid), [0.0]])
+    recall, points = np.empty(len(lam)), np.empty(len(lam))
+    for i, l in enumerate(lam):
+        keep = select_by_value(gain, sizes, counts, l)
+        recall[i] = ((y * keep).sum(1) + unfiled).mean()
+        points[i] = (sizes * keep).sum(1).mean()
+    lam[-1] = lam[-2] * 1e-3  # λ = 0 (every candidate) as a positive number for log interpolation
+    return lam, np.maximum.accumulate(recall), points
+
+
+def save_calibration(store, c: Calibration) -> None:
+    meta = {"format": FORMAT_VERSION, "router_id": c.router_id, "n_points": c.n_points, "s2_wide": c.s2_wide,
+            "max_candidates": c.max_candidates, "stats": c.stats}
+    buf = io.BytesIO()
+    np.savez(buf, __meta__=np.asarray(json.dumps(meta)), lam=c.lam, recall=c.recall, points=c.points,
+             **{f"forest_{k}": v for k, v in c.forest.items()})
+    atomic_write_bytes(calibration_path(store), buf.getvalue())
+
+
+_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # router -> (file mtime, Calibration)
+
+
+def load_calibration(router) -> Calibration:
+    """The router's calibration, refused when missing, unreadable, from another build, or stale."""
+    path = calibration_path(router.store)
+    hint = f"run `hsearch calibrate --collection {router.store.name}` (router.calibrate())"
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        raise RouterError(f"mode 'target' needs a recall calibration of this router: {hint}") from None
+    hit = _CACHE.get(router)
+    if hit is not None and hit[0] == mtime:
+        c = hit[1]
+    else:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["__meta__"]))
+                forest = {k[len("forest_"):]: z[k] for k in z.files if k.startswith("forest_")}
+                c = Calibration(meta["router_id"], int(meta["n_points"]), float(meta["s2_wide"]),
+                                int(meta["max_candidates"]), forest, z["lam"], z["recall"], z["points"],
+                                meta.get("stats", {}))
+            if meta.get("format") != FORMAT_VERSION:
+                raise ValueError(f"format {meta.get('format')}, expected {FORMAT_VERSION}")
+        except Exception as e:
+            raise RouterError(f"recall calibration {path} is unreadable ({e}): {hint}") from None
+        _CACHE[router] = (mtime, c)
+    if c.router_id != router.meta.get("router_id"):
+        raise RouterError(f"the recall calibration belongs to an earlier build of this router: {hint}")
+    n = router.flat.n_points
+    if abs(n - c.n_points) > MAX_DRIFT * max(c.n_points, 1):
+        raise RouterError(f"the collection changed from {c.n_points} to {n} points since the recall calibration: "
+                          f"{hint}")
+    return c
+
+
+@register_mode("target", recall=0.95)
+def target(ctx, Q, recall=0.95):
+    """Per query, the leaves worth scoring for a mean recall@10 target (calibrated: `hsearch calibrate`)."""
+    from plugin.router.modes import Plan, Probe
+
+    if isinstance(recall, bool) or not isinstance(recall, (int, float)) or not 0.0 < recall <= 1.0 \
+            or not math.isfinite(recall):
+        raise RouterError(f"mode 'target': recall must be a number in (0, 1], got {recall!r}")
+    if ctx.router is None:
+        raise RouterError("mode 'target' needs the router's calibration: use router.search, not route()")
+    c = load_calibration(ctx.router)
+    chosen, predicted = c.plan(ctx.flat, Q, float(recall))
+    return Plan([Probe(b, leaves=chosen[b]) for b in range(len(Q))],
+                info=[{"predicted_recall": float(p)} for p in predicted])
+
+
+# ---- measurement ------------------------------------------------------------------------------
+def _recall(found_ids: list, truth: np.ndarray) -> np.ndarray:
+    return np.asarray([len(set(f) & set(t.tolist())) / len(t) for f, t in zip(found_ids, truth)])
+
+
+def evaluate_target(router, train_queries, test_queries, exact_top10=None, targets=(0.9, 0.95, 0.99),
+                    **calibrate_params) -> dict:
+    """Calibrate on ``train_queries`` (saved, as :func:`calibrate` does), then per target: held-out mean
+    recall@10 and points scored of mode ``target``, beside the cheapest relaxed ``s2`` reaching the same
+    mean recall (bisection on ``s2``, routing only; a routed exact search finds a true neighbour exactly
+    when its leaf is scored), then measured by a real search at that ``s2``.
+
+    ``exact_top10``: the test queries' exact top-10 point ids (None: computed from the stored vectors).
+    """
+    Qt = router.prepare_queries(test_queries)
+    ids, vecs, leaf = _leaf_map(router)
+    if exact_top10 is None:
+        v = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12) \
+            if router.tree.metric == "cosine" else vecs
+        exact_top10 = ids[exact_top(v, Qt, router.tree.metric, TOP)]
+    truth = np.asarray(exact_top10)[:, :TOP]
+    leaf_of_id = dict(zip(ids.tolist(), leaf.tolist()))
+    truth_leaf = np.vectorize(lambda i: leaf_of_id.get(int(i), -2))(truth)
+    cal = calibrate(router, train_queries, **calibrate_params)
+    n = router.flat.n_points
+
+    def routed_recall(s2):
+        routes = router.route(Qt, mode="relaxed", s2=s2)
+        rec = np.mean([np.isin(t, r).mean() + (t == -1).mean() for t, r in zip(truth_leaf, routes)])
+        return rec
+
+    def searched(mode, **p):
+        t = time.perf_counter()
+        res = router.search_batch(Qt, k=TOP, mode=mode, **p)
+        wall = (time.perf_counter() - t) * 1e3 / len(Qt)
+        rec = _recall([[h.id for h in r] for r in res], truth)
+        ops = np.asarray([r.stats["operands"] for r in res], float)
+        return rec, ops, wall, res
+
+    rows = []
+    for tgt in targets:
+        rec, ops, wall, res = searched("target", recall=tgt)
+        achieved = float(rec.mean())
+        lo, hi = 0.0, cal.s2_wide
+        while routed_recall(hi) < achieved and hi < 4.0:
+            hi *= 2
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if routed_recall(mid) >= achieved else (mid, hi)
+        r_rec, r_ops, r_wall, _ = searched("relaxed", s2=hi)
+        rows.append({
+            "target": tgt, "recall": round(achieved, 4),
+            "recall_se": round(float(rec.std(ddof=1) / math.sqrt(len(rec))), 4),
+            "off_target": round(achieved - tgt, 4),
+            "points": round(float(ops.mean()), 1), "points_frac": round(float(ops.mean()) / n, 5),
+            "points_p90": float(np.percentile(ops, 90)),
+            "predicted_recall": round(float(np.mean([r.stats["predicted_recall"] for r in res])), 4),
+            "route_ms": round(float(np.mean([r.stats["route_ms"] for r in res])), 4), "wall_ms": round(wall, 3),
+            "relaxed_s2": round(hi, 5), "relaxed_recall": round(float(r_rec.mean()), 4),
+            "relaxed_points": round(float(r_ops.mean()), 1), "relaxed_wall_ms": round(r_wall, 3),
+            "points_saved": round(1 - float(ops.mean()) / float(r_ops.mean()), 4)})
+    return {"targets": rows, "stats": {"calibration": cal.stats, "s2_wide": cal.s2_wide,
+                                       "max_candidates": cal.max_candidates, "test_queries": len(Qt),
+                                       "points": int(n), "leaves": int(router.flat.n_leaves),
+                                       "router": {k: router.meta[k] for k in ("k", "l", "metric")}}}
