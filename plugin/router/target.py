@@ -11,7 +11,7 @@ gradient-boosted trees over features such as the distances to the nearest centro
 both, and makes one choice of its own:
 
 1. **Candidates, ranked.** Relaxed routing with a generous ``s2_wide`` (0.12 by default: relaxed
-   recall@10 is 0.9996-1.0 there in ``docs/results/hkm-fashion-mnist.md``), capped at
+   recall@10 is 0.9995-1.0 there in ``docs/results/hkm-fashion-mnist.md``), capped at
    ``max_candidates`` leaves and ordered by leaf-centroid distance (``kernels.rank_nodes``).
 2. **The value of each leaf.** A gradient-boosted regressor (scikit-learn's
    ``GradientBoostingRegressor``) predicts for every (query, candidate leaf) the share of the query's
