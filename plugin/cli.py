@@ -267,6 +267,12 @@ def cmd_bench_hkm(args) -> int:
     return bench_main(args)
 
 
+def cmd_bench_scaling(args) -> int:
+    from plugin.bench.scaling import main as bench_main
+
+    return bench_main(args)
+
+
 def cmd_eval_hier(args) -> int:
     from plugin.bench.hier import main as eval_main
 
@@ -430,6 +436,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--skip-incremental", action="store_true")
     b.add_argument("--skip-baselines", action="store_true")
     b.set_defaults(func=cmd_bench_hkm)
+    b = bsub.add_parser("scaling", help="the router's real routes replayed on 4-64 shards: custom sharding "
+                        "placements vs broadcast, and a latency / throughput model at 10M-1B points")
+    b.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | imagenet-sample")
+    b.add_argument("--encoder", default="mobilenet_v2")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--tree", default="16x3,8x4", help="comma list of KxL trees to build")
+    b.add_argument("--recall", default="0.95,0.99", help="target recall@10 values (relaxed s2 found for each)")
+    b.add_argument("--shards", default="4,8,16,32,64", help="comma list of shard counts")
+    b.add_argument("--queries", type=int, default=10000, help="number of queries routed")
+    b.add_argument("--limit", type=int, default=None, help="database size cap (default: all)")
+    b.add_argument("--seed", type=int, default=0, help="tree build and random placement seed")
+    b.add_argument("--json", default=None, help="write the JSON records here")
+    b.add_argument("--md", default=None, help="write the tables as markdown here")
+    b.add_argument("--plot", default=None, help="save the shards-touched / balance / model plot here (PNG)")
+    b.set_defaults(func=cmd_bench_scaling)
 
     p = sub.add_parser("eval", help="evaluations against the papers (write JSON records, markdown tables, plots)")
     esub = p.add_subparsers(dest="eval", required=True)
