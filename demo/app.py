@@ -194,7 +194,8 @@ def build_app(service: DemoService) -> gr.Blocks:
                                      "their most common label", interactive=False, elem_id="leaf-plot")
             with gr.Tab("Add", id="add"):
                 gr.Markdown(f"Add images (each at most {MAX_UPLOAD_BYTES // 2**20} MiB). They go through the same "
-                            "ingestion as `hsearch ingest` (router.add: filed under their leaf at once) and can be "
+                            "ingestion as `hsearch ingest` (router.add: filed under their leaf at once; they join "
+                            "the semantics engine's signatures too, when the collection has them) and can be "
                             "searched as soon as the report appears.")
                 files = gr.File(file_count="multiple", type="filepath", label="Images", elem_id="add-files")
                 add_label = gr.Textbox(label="WordNet label for all of them (optional)",

@@ -74,6 +74,9 @@ class Outcome:
     query: str  # what was searched, for people
     query_picture: object = None
     query_id: int | None = None
+    #: what the semantics engine says the query shows, when the collection has signatures
+    #: (:meth:`DemoService.semantics_of`); None: the page shows the encoder's top-5 classes instead
+    semantics: dict | None = None
 
 
 @dataclass
@@ -241,6 +244,34 @@ class DemoService:
             self._modes = ok
         return list(self._modes)
 
+    def signatures(self):
+        """The collection's semantics engine (the process's shared one, which ingestion keeps current), or
+        None when it has no signatures or they cannot be read (logged; the page falls back to the
+        encoder's classes)."""
+        from plugin.signatures.shared import engine_for, has_signatures
+
+        if not has_signatures(self.store):
+            return None
+        try:
+            return engine_for(self.store)
+        except HSearchError as e:
+            log.warning("signatures of '%s' not shown: %s", self.store.name, e)
+            return None
+
+    def semantics_of(self, vec) -> dict | None:
+        """``engine.describe`` of a query vector (general and specific semantics, share of the hierarchy
+        searched; no retrieval) and whether the signatures lag the collection: checked against the
+        cached synset counts (refreshed after every add), so it costs no facet per search."""
+        eng = self.signatures()
+        if eng is None:
+            return None
+        out = eng.describe(np.asarray(vec, np.float32), retrieve=False)
+        check = eng.check(self.synset_counts())
+        out["stale"] = None if check["consistent"] else {
+            "synsets_changed": len(check["count_mismatch"]), "new_synsets": len(check["new_synsets"]),
+            "flagged": len(check["stale"]), "fix": f"hsearch signatures build --sync --collection {self.store.name}"}
+        return out
+
     def default_mode(self) -> str:
         modes = self.modes()
         return "relaxed" if "relaxed" in modes else modes[0]
@@ -379,7 +410,8 @@ class DemoService:
                 for h in res]
         flat = self.router.flat
         return Outcome(hits, dict(res.stats), mode, k, within, int(flat.n_points), int(flat.n_leaves), enc_ms,
-                       (time.perf_counter() - t0) * 1e3, exact, preds, query_wnid, what, picture)
+                       (time.perf_counter() - t0) * 1e3, exact, preds, query_wnid, what, picture,
+                       semantics=self.semantics_of(vec))
 
     def explain(self, outcome: Outcome, index: int) -> Explanation:
         """Why a hit is where it is: its synset path, and the lowest common ancestor with the query's class."""
@@ -397,7 +429,8 @@ class DemoService:
     # ---- adding -------------------------------------------------------------------------------
     def add(self, files, label_text: str | None = None) -> list[AddRow]:
         """Add uploaded files (``[(name, path)]``) through the same ingestion as ``hsearch ingest``
-        (incremental, via ``router.add``): searchable as soon as this returns.
+        (incremental, via ``router.add``; they join the collection's signatures too, when it has them):
+        searchable as soon as this returns.
 
         Each file gets a row: added (with its point id), already present (the same bytes are stored),
         or rejected with the reason (too large, not an image, too many pixels, unknown label). Nothing

@@ -79,11 +79,42 @@ def error_md(message: str) -> str:
     return f"**⚠ {esc(message)}**"
 
 
+def semantics_lines(sem: dict) -> list[str]:
+    """The semantics engine's answer: general semantics (top-level subtrees chosen), specific semantics
+    (the three fused synsets), how much of the hierarchy it searched, and whether the signatures lag."""
+    lines = ["The collection's semantics engine (visual signatures per WordNet synset) says:", "",
+             "**General semantics** (top-level subtrees):"]
+
+    def entry(e, bullet: str = "-") -> str:
+        return (f"{bullet} **{esc(e['label'])}** `{e['wnid']}` · {' › '.join(esc(p) for p in e['path'][-4:])} · "
+                f"distance {e['score']:.3f} · {e['images']:,} images")
+
+    lines += [entry(e) for e in sem["general"]]
+    lines += ["", "**Specific semantics** (top three synsets):"]
+    lines += [entry(e, f"{e['rank']}.") for e in sem["specific"]]
+    s = sem["searched"]
+    lines += ["", f"**Searched:** {s['selected']} of {s['nodes']} synsets ({s['share_selected']:.0%}) by branch "
+                  f"selection, {s['survivors']} ({s['share_survivors']:.0%}) after pruning; the specific semantics "
+                  f"hold {s['images']:,} images ({s['share_images']:.0%} of the collection) · "
+                  f"{sem['semantics_ms']:.1f} ms"]
+    st = sem.get("stale")
+    if st:
+        why = ", ".join(f"{n} {what}" for n, what in ((st["synsets_changed"], "synsets with other counts"),
+                                                     (st["new_synsets"], "new synsets"),
+                                                     (st["flagged"], "synsets waiting to be re-clustered")) if n)
+        lines += ["", f"_⚠ The signatures are stale: the collection changed since they were built ({why}). "
+                      f"Run `{st['fix']}`._"]
+    return lines
+
+
 def shows_md(outcome, counts: dict[str, int]) -> str:
-    """What the query shows (the encoder's top-5 ImageNet classes as WordNet synsets) and where the
-    hits fall in the collection's hierarchy."""
+    """What the query shows (the semantics engine's general and specific semantics when the collection
+    has signatures, else the encoder's top-5 ImageNet classes as WordNet synsets) and where the hits fall
+    in the collection's hierarchy."""
     lines = ["#### What the query shows"]
-    if outcome.predictions:
+    if outcome.semantics:
+        lines += semantics_lines(outcome.semantics)
+    elif outcome.predictions:
         lines.append("The encoder's top-5 ImageNet classes, as WordNet synsets:")
         for w, lab, p in outcome.predictions:
             inside = counts.get(w, 0)

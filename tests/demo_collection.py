@@ -1,7 +1,8 @@
 """A small real collection for the demo tests, built once per session under the tests' private
 $HSEARCH_HOME: 400 Fashion-MNIST test images, four scikit-image photos saved as a labelled folder, and
 every 12th ImageNet-sample photo when ../shared/data/imagenet-sample is present. The demo opens it the
-way ``hsearch demo`` does (``DemoService.open``: it builds the router because none exists yet).
+way ``hsearch demo`` does (``DemoService.open``: it builds the router because none exists yet). A second,
+smaller collection has visual signatures, for the semantics panel (``semantics_service``).
 
 Import the fixtures into a test module (``from demo_collection import demo_service``) to use them; the
 collection is built once (ingest is idempotent), the service opened and closed per module.
@@ -20,6 +21,8 @@ N_FASHION = 400
 #: ImageNet naming) so they are ingested labelled.
 PHOTOS = {"chelsea": "n02123045", "coffee": "n03063599", "astronaut": "n09818022", "rocket": "n04099429"}
 FOOTWEAR = "n03380867"  # sandal, gym shoe and boot in Fashion-MNIST
+#: The collection with signatures (:func:`semantics_service`) and its size.
+SIGNATURES_COLLECTION, N_SIGNATURES = "demo-signatures", 200
 
 
 def png_bytes(image) -> bytes:
@@ -93,6 +96,34 @@ def demo_service(photo_dir, mobilenet):
         store.close()
     service = DemoService.open(location, COLLECTION, image_roots=[photo_dir], encoder=mobilenet, echo=lambda m: None)
     service.warm()
+    yield service
+    service.close()
+
+
+@pytest.fixture(scope="module")
+def semantics_service(mobilenet):
+    """The demo's service over a second, smaller collection that has visual signatures (the semantics
+    engine): the first :data:`N_SIGNATURES` Fashion-MNIST test images, signatures rebuilt per module
+    (cap 64) so every module starts from signatures that match the collection."""
+    from demo.service import DemoService
+    from loaders import fashion_mnist_items
+    from plugin import config
+    from plugin.ingest import ingest
+    from plugin.signatures.engine import SemanticsEngine
+    from plugin.store import open_store
+
+    try:
+        items = list(fashion_mnist_items("test", limit=N_SIGNATURES))
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    location = str(config.stores_dir())
+    store = open_store(location, dim=mobilenet.dim, collection=SIGNATURES_COLLECTION)
+    try:
+        ingest(items, mobilenet, store)
+        SemanticsEngine.build(store, cap=64)
+    finally:
+        store.close()
+    service = DemoService.open(location, SIGNATURES_COLLECTION, encoder=mobilenet, echo=lambda m: None)
     yield service
     service.close()
 

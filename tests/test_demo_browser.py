@@ -10,7 +10,7 @@ import re
 
 import pytest
 from demo_collection import (FOOTWEAR, demo_service, fashion_png, first_train_index, photo_dir,  # noqa: F401
-                             png_bytes, upload_file)
+                             png_bytes, semantics_service, upload_file)
 
 from demo.browser import chromium_path
 
@@ -194,3 +194,28 @@ def test_two_tabs_search_at_once(chromium, app_url, upload_file):
     finally:
         for p in pages:
             p.close()
+
+
+def test_the_panel_shows_the_semantics_when_the_collection_has_signatures(chromium, semantics_service, upload_file):
+    from PIL import Image
+
+    from demo.app import launch
+    from demo.browser import free_port, open_page
+
+    port = free_port()
+    app = launch(semantics_service, "127.0.0.1", port, block=False)
+    page = open_page(chromium, f"http://127.0.0.1:{port}/")
+    try:
+        sneaker = upload_file("sneaker.png", fashion_png("train", first_train_index("n03472535")))
+        _upload(page, sneaker)
+        expect(page.locator("#search-status")).to_contain_text("hits for uploaded image", timeout=T)
+        shows = page.locator("#shows")
+        expect(shows).to_contain_text("General semantics", timeout=T)
+        want = semantics_service.semantics_of(semantics_service._encode(Image.open(sneaker))[0])
+        text = shows.inner_text()
+        assert "Specific semantics" in text and "top-5" not in text and "stale" not in text
+        assert all(e["wnid"] in text for e in want["general"] + want["specific"])
+        assert f"{want['searched']['selected']} of {want['searched']['nodes']} synsets" in text
+    finally:
+        page.close()
+        app.close()

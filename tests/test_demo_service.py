@@ -1,5 +1,5 @@
 """The demo's logic without a browser: search through the real router on a small real collection, what the
-page says a query shows, subtree search, adding uploads through the real ingestion, bad input, serving
+page says a query shows (the semantics engine's answer when the collection has signatures), subtree search, adding uploads through the real ingestion, bad input, serving
 pictures only from where the collection came from, and several threads at once."""
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import threading
 
 import numpy as np
 import pytest
-from demo_collection import (FOOTWEAR, N_FASHION, PHOTOS, demo_service, fashion_label, fashion_png,  # noqa: F401
-                             first_train_index, photo_dir, png_bytes, upload_file, uploads_count)
+from demo_collection import (FOOTWEAR, N_FASHION, PHOTOS, SIGNATURES_COLLECTION, demo_service,  # noqa: F401
+                             fashion_label, fashion_png, first_train_index, photo_dir, png_bytes, semantics_service,
+                             upload_file, uploads_count)
 
 from plugin.errors import HSearchError, UnknownSynsetError
 from plugin.taxonomy import synset_payload
@@ -266,6 +267,60 @@ def test_two_threads_search_while_a_third_adds(demo_service, upload_file):
     assert results == [5] * 12
     assert demo_service.store.count() == n0 + 6 == demo_service.router.flat.n_points
     assert demo_service.router.check()["consistent"]
+
+
+def test_shows_the_semantics_when_the_collection_has_signatures(semantics_service, demo_service):
+    from PIL import Image
+
+    from demo import views
+    from loaders.fashion_mnist import load_arrays
+
+    svc = semantics_service
+    sneaker = "n03472535"
+    img = Image.fromarray(load_arrays("train")[0][first_train_index(sneaker)], mode="L")
+    out = svc.search_image(img, "exact", k=5)
+    sem = out.semantics
+    want = svc.signatures().describe(svc._encode(img)[0], retrieve=False)
+    assert [e["wnid"] for e in sem["general"]] == [e["wnid"] for e in want["general"]]
+    assert [e["wnid"] for e in sem["specific"]] == [e["wnid"] for e in want["specific"]]
+    assert len({e["wnid"] for e in sem["specific"]}) == 3 and sem["stale"] is None
+    assert any(e["wnid"] in synset_payload(sneaker)["synsets"] for e in sem["general"])  # a right subtree
+    md = views.shows_md(out, svc.synset_counts())
+    assert "General semantics" in md and "Specific semantics" in md and "top-5" not in md and "stale" not in md
+    for e in sem["general"] + sem["specific"]:
+        assert f"**{e['label']}** `{e['wnid']}`" in md and e["path"][-1] in md and f"{e['score']:.3f}" in md
+    s = sem["searched"]
+    assert f"{s['selected']} of {s['nodes']} synsets" in md and f"{s['images']:,} images ({s['share_images']:.0%}" in md
+    plain = demo_service.search_image(img, "exact", k=5)  # a collection without signatures: the classifier's view
+    assert plain.semantics is None
+    assert "top-5 ImageNet classes" in views.shows_md(plain, demo_service.synset_counts())
+
+
+def test_added_images_join_the_signatures_and_changes_around_them_are_flagged(semantics_service, upload_file):
+    from PIL import Image
+
+    from demo import views
+    from loaders.fashion_mnist import load_arrays
+
+    svc = semantics_service
+    boot = "n02872752"
+    count = lambda: int(svc.signatures().snap.hier.counts[svc.signatures().snap.hier.index[boot]])  # noqa: E731
+    n0 = count()
+    path = upload_file("boot.png", fashion_png("train", first_train_index(boot)))
+    rows = svc.add([("boot.png", path)], "boot")  # the Add tab: through ingest, into the signatures too
+    assert rows[0].status == "added" and count() == n0 + 1
+    out = svc.search_image(Image.open(path), "exact", k=3)
+    assert out.hits[0].id == rows[0].id and out.semantics["stale"] is None
+    # a point written around the ingest (router.add alone does not know the signatures): the panel says so
+    other = Image.fromarray(load_arrays("train")[0][first_train_index(boot) + 1], mode="L")
+    svc.router.add([12345], svc._encode(other)[0][None], [{**synset_payload(boot), "leaf": -1}])
+    svc.synset_counts(refresh=True)
+    out = svc.search_image(other, "exact", k=3)
+    assert out.semantics["stale"]["synsets_changed"] >= 1 and count() == n0 + 1
+    assert f"hsearch signatures build --sync --collection {SIGNATURES_COLLECTION}" in views.shows_md(
+        out, svc.synset_counts())
+    svc.signatures().sync()  # what that command does
+    assert svc.search_image(other, "exact", k=3).semantics["stale"] is None and count() == n0 + 2
 
 
 def test_views_escape_user_text():

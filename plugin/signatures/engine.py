@@ -431,9 +431,12 @@ class SemanticsEngine:
         return {"synsets": len(self.snap.hier), "reclustered": len(self.snap.hier) - eng.meta["reused_nodes"],
                 "kept": eng.meta["reused_nodes"]}
 
-    def check(self) -> dict:
-        """Compare the engine's per-synset counts with the store's (one facet of ``synsets``)."""
-        stored = {str(k): int(v) for k, v in self.store.facet("synsets", limit=1_000_000).items()}
+    def check(self, stored: dict | None = None) -> dict:
+        """Compare the engine's per-synset counts with the store's (one facet of ``synsets``, or the
+        ``stored`` counts of one the caller already has)."""
+        if stored is None:
+            stored = self.store.facet("synsets", limit=1_000_000)
+        stored = {str(k): int(v) for k, v in stored.items()}
         hier = self.snap.hier
         differ = {w: (int(hier.counts[i]), stored.get(w, 0)) for i, w in enumerate(hier.wnids)
                   if int(hier.counts[i]) != stored.get(w, 0)}
