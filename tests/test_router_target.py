@@ -148,3 +148,20 @@ def test_cli_calibrate(fm, tmp_path, capsys):
     assert main(["calibrate", "--store", str(tmp_path / "stores"), "--collection", "c", "--queries", "150"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["queries"] == 150
     assert (tmp_path / "stores" / "c" / T.CALIBRATION_FILE).is_file()
+
+
+def test_the_fused_online_kernel_chooses_what_the_calibration_curve_assumed(built):
+    """Searches run ``choose_leaves``; the λ curve was computed with features + forest + selection apart."""
+    r, _, queries = built
+    c = T.load_calibration(r)
+    Q = r.prepare_queries(queries)
+    _, dist, sizes, counts = T.ranked_candidates(r.flat, Q, c.s2_wide, c.max_candidates)
+    f = c.forest
+    for target in (0.9, 0.99):
+        lam = c.lam_for(target)
+        keep, predicted = T.choose_leaves(dist, sizes, counts, f["feature"], f["threshold"], f["left"], f["right"],
+                                          f["value"], f["roots"], lam)
+        gain = c._gain(dist, sizes, counts)
+        np.testing.assert_array_equal(keep, T.select_by_value(gain, sizes, counts, lam))
+        np.testing.assert_allclose(predicted, np.minimum((gain * keep).sum(1), 1.0))
+        assert keep.sum(1).min() >= 1 and 1 < keep.sum(1).mean() < counts.mean()

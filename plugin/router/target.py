@@ -86,27 +86,31 @@ def ranked_candidates(flat, Q: np.ndarray, s2_wide: float, max_candidates: int):
 
 
 @numba.njit(cache=True)
+def _candidate_features(dist, sizes, n, j, before, x):
+    """Fill ``x`` with candidate ``j``'s features (one query's rank-ordered ``dist`` / ``sizes``, ``n`` of
+    them; ``before``: points in better-ranked candidates)."""
+    d0 = dist[0]
+    x[0] = j
+    x[1] = dist[j]
+    x[2] = d0
+    x[3] = dist[j] - d0
+    x[4] = (dist[j] - d0) / (abs(d0) + 1e-6)
+    x[5] = np.log1p(sizes[j])
+    x[6] = np.log1p(before)
+    x[7] = dist[min(1, n - 1)] - d0
+    x[8] = dist[min(4, n - 1)] - d0
+    x[9] = n
+
+
+@numba.njit(cache=True)
 def leaf_features(dist, sizes, counts):
     """(B, M, N_FEATURES) features of every candidate, from its rank-ordered distances and sizes only."""
     B, M = dist.shape
     X = np.zeros((B, M, N_FEATURES))
     for b in range(B):
-        n = counts[b]
-        d0 = dist[b, 0]
-        g1 = dist[b, min(1, n - 1)] - d0
-        g4 = dist[b, min(4, n - 1)] - d0
         before = 0.0
-        for j in range(n):
-            X[b, j, 0] = j
-            X[b, j, 1] = dist[b, j]
-            X[b, j, 2] = d0
-            X[b, j, 3] = dist[b, j] - d0
-            X[b, j, 4] = (dist[b, j] - d0) / (abs(d0) + 1e-6)
-            X[b, j, 5] = np.log1p(sizes[b, j])
-            X[b, j, 6] = np.log1p(before)
-            X[b, j, 7] = g1
-            X[b, j, 8] = g4
-            X[b, j, 9] = n
+        for j in range(counts[b]):
+            _candidate_features(dist[b], sizes[b], counts[b], j, before, X[b, j])
             before += sizes[b, j]
     return X
 
@@ -133,17 +137,22 @@ def forest_arrays(model) -> dict:
 
 
 @numba.njit(cache=True)
+def _tree_sum(x, feature, threshold, left, right, value, roots):
+    acc = 0.0
+    for r in roots:
+        node = r
+        while left[node] >= 0:
+            node = left[node] if x[feature[node]] <= threshold[node] else right[node]
+        acc += value[node]
+    return acc
+
+
+@numba.njit(cache=True)
 def forest_predict(X, feature, threshold, left, right, value, roots):
     """Sum of the trees' outputs for every row of ``X`` (n, F) (scikit-learn's rule: go left if x <= t)."""
     out = np.zeros(X.shape[0])
     for i in range(X.shape[0]):
-        acc = 0.0
-        for r in roots:
-            node = r
-            while left[node] >= 0:
-                node = left[node] if X[i, feature[node]] <= threshold[node] else right[node]
-            acc += value[node]
-        out[i] = acc
+        out[i] = _tree_sum(X[i], feature, threshold, left, right, value, roots)
     return out
 
 
@@ -156,6 +165,26 @@ def select_by_value(gain, sizes, counts, lam):
         for j in range(counts[b]):
             keep[b, j] = j == 0 or gain[b, j] >= lam * max(sizes[b, j], 1.0)
     return keep
+
+
+@numba.njit(cache=True)
+def choose_leaves(dist, sizes, counts, feature, threshold, left, right, value, roots, lam):
+    """The online rule in one pass: features, predicted gain, selection. Returns (keep (B, M), predicted
+    recall of the kept candidates (B,)); the same as leaf_features + forest_predict + select_by_value."""
+    B, M = dist.shape
+    keep = np.zeros((B, M), np.bool_)
+    predicted = np.zeros(B)
+    x = np.empty(N_FEATURES)
+    for b in range(B):
+        before = 0.0
+        for j in range(counts[b]):
+            _candidate_features(dist[b], sizes[b], counts[b], j, before, x)
+            before += sizes[b, j]
+            g = max(_tree_sum(x, feature, threshold, left, right, value, roots), 0.0)
+            if j == 0 or g >= lam * max(sizes[b, j], 1.0):
+                keep[b, j] = True
+                predicted[b] += g
+    return keep, np.minimum(predicted, 1.0)
 
 
 # ---- calibration ------------------------------------------------------------------------------
@@ -200,11 +229,10 @@ class Calibration:
         """Leaf ids to score per query and the predicted recall of each choice."""
         lam = self.lam_for(target)
         leaves, dist, sizes, counts = ranked_candidates(flat, Q, self.s2_wide, self.max_candidates)
-        gain = self._gain(dist, sizes, counts)
-        keep = select_by_value(gain, sizes, counts, lam)
-        chosen = [leaves[b][keep[b]] for b in range(len(Q))]
-        predicted = np.minimum((gain * keep).sum(1), 1.0)
-        return chosen, predicted
+        f = self.forest
+        keep, predicted = choose_leaves(dist, sizes, counts, f["feature"], f["threshold"], f["left"], f["right"],
+                                        f["value"], f["roots"], lam)
+        return [leaves[b][keep[b]] for b in range(len(Q))], predicted
 
     def _gain(self, dist, sizes, counts) -> np.ndarray:
         B, M = dist.shape
@@ -246,7 +274,7 @@ def _shares(gt_leaf: np.ndarray, leaves: np.ndarray, counts) -> tuple[np.ndarray
 
 
 def calibrate(router, queries=None, n_queries: int = 2000, s2_wide: float = 0.12, max_candidates: int = 128,
-              fit_share: float = 0.6, n_estimators: int = 150, max_depth: int = 4, seed: int = 0,
+              fit_share: float = 0.6, n_estimators: int = 60, max_depth: int = 4, seed: int = 0,
               save: bool = True) -> Calibration:
     """Fit the per-leaf recall regressor and the λ curve for mode ``target``; save it beside the router.
 
