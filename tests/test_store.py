@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from plugin.errors import (BadVectorError, CollectionExistsError, CollectionNotFoundError, EmptyCollectionError,
-                           StoreLockedError)
+                           HSearchError, StoreLockedError)
 from plugin.store import Filter, open_store
 
 
@@ -212,6 +212,48 @@ def test_edge_cluster_by_keeps_everything(tmp_path, fmnist_small):
     assert s.search(vecs[3], k=1, filter=Filter.of(leaf_in=[3 % 7]), exact=True)[0].id == ids[3]
     s.close()
     assert sorted(p.name for p in (tmp_path / "cl").iterdir()) == ["collection.json", "shard"]
+
+
+def test_routed_layout_after_cluster_by(make_store, fmnist_small):
+    """cluster_by puts the collection in the routed layout where the backend can (embedded: principal index
+    on leaf, no graph, an int8 copy on disk); oversampled searches return the stored floats' scores and
+    (nearly) the exact hits; qdrant-client's local mode takes the calls and stays brute force."""
+    vecs, wnids, _ = fmnist_small
+    s = make_store(vecs.shape[1])
+    _fill(s, vecs, wnids)
+    assert s.routed_layout is False
+    s.cluster_by("leaf")
+    leaves = np.arange(len(vecs)) % 7
+    if make_store.backend == "edge":
+        assert s.routed_layout is True
+        info = s._shard.info()
+        assert info.payload_schema["leaf"].params.is_principal is True
+        assert any((seg / "vector_storage" / "quantized.data").is_file() for seg in (s.path / "shard" / "segments").iterdir())
+    else:
+        assert s.routed_layout is False
+    overlap = []
+    for qi in (3, 77, 150, 201):
+        got = s.search(vecs[qi], k=10, filter=Filter.of(leaf_in=[2, 5]), exact=True, oversampling=2.0)
+        want_ids, want_scores = _brute(vecs, vecs[qi], 10, mask=np.isin(leaves, [2, 5]))
+        overlap.append(len({h.id for h in got} & set(want_ids)) / 10)
+        exact_of = dict(zip(*_brute(vecs, vecs[qi], len(vecs))))  # id -> float score
+        np.testing.assert_allclose([h.score for h in got], [exact_of[h.id] for h in got], atol=1e-4)
+        assert all(h.payload["leaf"] in (2, 5) for h in got)
+    assert np.mean(overlap) >= 0.9
+    with pytest.raises(HSearchError, match="oversampling"):
+        s.search(vecs[0], k=3, exact=True, oversampling=0.5)
+
+
+def test_edge_routed_layout_survives_reopen(tmp_path, fmnist_small):
+    vecs, wnids, _ = fmnist_small
+    s = open_store(tmp_path / "rl", dim=vecs.shape[1])
+    _fill(s, vecs, wnids)
+    s.cluster_by("leaf")
+    s.close()
+    s = open_store(tmp_path / "rl")
+    assert s.routed_layout is True
+    assert s.search(vecs[9], k=1, filter=Filter.of(leaf_in=[9 % 7]), exact=True, oversampling=2.0)[0].id == 10
+    s.close()
 
 
 # A crash is simulated by a child process that runs one EdgeStore operation and calls os._exit at the

@@ -39,6 +39,10 @@ STORE_METRIC = {"cosine": "cosine", "euclid": "l2", "dot": "dot"}
 UNFILED = -1
 #: Facet page size when comparing per-leaf counts with the store (more than any tree has leaves).
 FACET_LIMIT = 1_000_000
+#: Routed probes score the int8 copy and rescore ``OVERSAMPLING * k`` candidates with floats, where the
+#: store is in the routed layout (``Store.cluster_by``); recall and cost against float scoring of the
+#: same leaves are in docs/results/hkm-fashion-mnist.md. ``router.oversampling = None`` scores floats.
+OVERSAMPLING = 2.0
 
 
 class SearchResult(list):
@@ -55,6 +59,7 @@ class Router:
         self._owns_store = owns_store
         self._lock = RWLock()
         self.flat = tree.flatten()
+        self.oversampling = meta.get("oversampling", OVERSAMPLING)
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -270,10 +275,14 @@ class Router:
         for i, p in enumerate(probes):
             by_k.setdefault(int(p.k or k), []).append(i)
         for kk, idx in by_k.items():
-            res = self.store.search_batch(Q[[probes[i].query for i in idx]], kk, filter=[filters[i] for i in idx],
-                                          exact=True)
-            for i, h in zip(idx, res):
-                hits[i] = h
+            routed = [i for i in idx if probes[i].leaves is not None]
+            for group, over in ((routed, self.oversampling), ([i for i in idx if probes[i].leaves is None], None)):
+                if not group:
+                    continue
+                res = self.store.search_batch(Q[[probes[i].query for i in group]], kk,
+                                              filter=[filters[i] for i in group], exact=True, oversampling=over)
+                for i, h in zip(group, res):
+                    hits[i] = h
         widened = [p.leaves is not None and (p.filter is not None or restrict is not None)
                    and len(hits[i]) < int(p.k or k) for i, p in enumerate(probes)]
         for i in np.flatnonzero(widened):

@@ -189,19 +189,33 @@ class Store(abc.ABC):
 
     # ---- reads --------------------------------------------------------------------------------
     def search(self, vector, k: int = 10, filter: Filter | None = None, exact: bool = False,
-               hnsw_ef: int | None = None, with_payload: bool = True) -> list[Hit]:
+               hnsw_ef: int | None = None, with_payload: bool = True, oversampling: float | None = None) -> list[Hit]:
         """Top-``k`` nearest points; ``exact=True`` scores every point that passes ``filter``."""
-        return self.search_batch(vector, k, filter, exact, hnsw_ef, with_payload)[0]
+        return self.search_batch(vector, k, filter, exact, hnsw_ef, with_payload, oversampling)[0]
 
     def search_batch(self, vectors, k: int = 10, filter: Filter | Sequence[Filter | None] | None = None,
-                     exact: bool = False, hnsw_ef: int | None = None, with_payload: bool = True) -> list[list[Hit]]:
+                     exact: bool = False, hnsw_ef: int | None = None, with_payload: bool = True,
+                     oversampling: float | None = None) -> list[list[Hit]]:
+        """Top-``k`` per query vector (one filter for all, or one per query).
+
+        ``oversampling`` (with ``exact=True``): where the collection is in the routed layout
+        (:meth:`cluster_by`: an int8 copy of every vector and no HNSW graph), score the points that pass
+        the filter on the int8 copy and rescore the best ``k * oversampling`` with the stored floats, so
+        the returned scores are exact and only the candidate set is approximate. Elsewhere it is
+        ignored and every point is scored with floats. What it costs and keeps is measured in
+        docs/results/hkm-fashion-mnist.md (rows ``int8 rescore``).
+        """
+        if oversampling is not None and not (1.0 <= float(oversampling) <= 100.0):
+            raise HSearchError(f"oversampling must be between 1 and 100, got {oversampling}")
         vecs = check_vectors(vectors, self.dim)
         if k < 1:
             raise HSearchError(f"k must be >= 1, got {k}")
         filters = list(filter) if isinstance(filter, (list, tuple)) else [filter] * len(vecs)
         if len(filters) != len(vecs):
             raise HSearchError(f"got {len(filters)} filters for {len(vecs)} query vectors")
-        out = self._search_batch(vecs, int(k), filters, exact, hnsw_ef, with_payload)
+        quantized = bool(exact) and oversampling is not None and self.routed_layout
+        out = self._search_batch(vecs, int(k), filters, exact, hnsw_ef, with_payload,
+                                 float(oversampling) if quantized else None)
         # checked only when nothing came back: an exact count costs as much as a filtered search
         if not any(out) and self.count() == 0:
             raise EmptyCollectionError(f"collection '{self.name}' is empty: ingest images first")
@@ -267,8 +281,13 @@ class Store(abc.ABC):
     def optimize(self) -> None:
         """Build the engine's ANN index (HNSW) now; a no-op where the backend has none."""
 
+    #: Whether the collection is in the routed layout (see :meth:`cluster_by`).
+    routed_layout: bool = False
+
     def cluster_by(self, field: str = "leaf") -> dict:
-        """Store points sorted by ``field`` where the backend lets us (embedded); a no-op elsewhere."""
+        """Put the collection in the *routed layout*: points co-located by ``field`` (the engine's
+        principal payload index), no HNSW graph (the router replaces it), and an int8 copy of every
+        vector for :meth:`search_batch`'s ``oversampling``. A no-op where the backend cannot."""
         return {"clustered": False}
 
     @abc.abstractmethod
@@ -310,7 +329,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def _search_batch(self, vectors: np.ndarray, k: int, filters: list[Filter | None], exact: bool,
-                      hnsw_ef: int | None, with_payload: bool) -> list[list[Hit]]: ...
+                      hnsw_ef: int | None, with_payload: bool, oversampling: float | None) -> list[list[Hit]]:
+        """``oversampling`` is set only in the routed layout: score the int8 copy, rescore with floats."""
 
     @abc.abstractmethod
     def _retrieve(self, ids: np.ndarray, with_vectors: bool) -> list[Record]: ...

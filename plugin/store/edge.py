@@ -26,6 +26,9 @@ from plugin.fsutil import atomic_write_bytes, fsync_dir, fsync_tree
 from plugin.store.base import DISTANCES, Filter, Hit, NoFacetIndex, Store, to_record, translate_filter
 
 META_FILE = "collection.json"
+#: Segments above this size (KB) are optimized (co-located by the principal field, quantized) by
+#: ``optimize()`` in the routed layout; the engine's default (10 MB) would leave small collections raw.
+ROUTED_INDEXING_THRESHOLD_KB = 1
 CREATING_FILE = "collection.json.creating"  # a creation in progress: renamed to META_FILE when it completes
 log = logging.getLogger(__name__)
 
@@ -55,8 +58,11 @@ class EdgeStore(Store):
     it if missing (and checks ``dim``/``distance`` agree when it exists).
     """
 
-    def __init__(self, path: str | os.PathLike, dim: int | None = None, distance: str = "cosine"):
+    def __init__(self, path: str | os.PathLike, dim: int | None = None, distance: str = "cosine",
+                 hnsw_m: int | None = None):
+        """``hnsw_m``: the HNSW graph's edges per node for a new collection (None: the engine's default)."""
         qe = _qe()
+        self._hnsw_m = hnsw_m
         self.path = Path(path)
         self.name = self.path.name
         meta_path = self.path / META_FILE
@@ -73,6 +79,7 @@ class EdgeStore(Store):
             (self.path / (META_FILE + ".tmp")).unlink(missing_ok=True)  # an interrupted update_meta
             self._recover_rewrite()
             self._shard = self._load(qe)
+            self.routed_layout = self._read_layout()
         elif dim is None:
             unfinished = " (an interrupted creation left files there; creating it again replaces them)" \
                 if (self.path / CREATING_FILE).exists() or (self.path / "shard").exists() else ""
@@ -138,8 +145,28 @@ class EdgeStore(Store):
         except (OSError, ValueError, KeyError, TypeError):
             return False
 
-    def _config(self, qe):
-        return qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=self.dim, distance=_distance(qe, self.distance)))
+    def _config(self, qe, routed: bool = False):
+        """The engine's configuration: its defaults (HNSW graph built by ``optimize()``), or for the
+        routed layout no graph (``m=0``: the router picks the points, a graph over all of them would
+        only cost build time and memory) and an int8 copy of every vector kept in RAM."""
+        vectors = qe.EdgeVectorParams(size=self.dim, distance=_distance(qe, self.distance))
+        if not routed:
+            hnsw = None if self._hnsw_m is None else qe.HnswIndexConfig(m=int(self._hnsw_m), ef_construct=100,
+                                                                         full_scan_threshold=10_000)
+            return qe.EdgeConfig(vectors=vectors, hnsw_config=hnsw)
+        return qe.EdgeConfig(
+            vectors=vectors,
+            hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
+            quantization_config=qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True),
+            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=ROUTED_INDEXING_THRESHOLD_KB))
+
+    def _read_layout(self) -> bool:
+        """Whether the shard is in the routed layout (its own config: no HNSW graph, quantized)."""
+        try:
+            cfg = json.loads((self.path / "shard" / "edge_config.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return int((cfg.get("hnsw_config") or {}).get("m", 16)) == 0 and bool(cfg.get("quantization_config"))
 
     def _load(self, qe):
         try:
@@ -153,13 +180,14 @@ class EdgeStore(Store):
 
     # ---- clustered layout ---------------------------------------------------------------------
     def cluster_by(self, field: str = "leaf", batch_size: int = 2048) -> dict:
-        """Rewrite the shard so points are stored sorted by ``field`` (a leaf's points contiguous).
+        """Rewrite the shard in the routed layout: co-located by ``field``, no HNSW graph, int8 copy.
 
-        Grouping each leaf's points together (like an IVF list) helps a filtered exact search only a
-        little: the one measurement of this layout (../shared/ENVIRONMENT.md, "What qdrant-edge 0.9.0
-        costs per routed point": 60k Fashion-MNIST x 1280-d, the same points scored per query) found
-        0.95 -> 0.86 ms per query at 3.4% of the points scored, about 10% (4-16% across its runs); this
-        repository has no committed before/after run of its own.
+        What each part buys was measured per scored point (../shared/ENVIRONMENT.md, "What qdrant-edge
+        0.9.0 costs per routed point"; 60k Fashion-MNIST x 1280-d): re-upserting sorted by leaf alone,
+        0.43-0.52 -> 0.42 us; an integer index on ``field`` with ``is_principal=True`` *and* an
+        ``optimize()`` (the engine then stores each segment ordered by it), 0.18 us; scoring the int8
+        copy and rescoring ``2k`` candidates with floats, 0.08-0.09 us at the same recall. This
+        repository's own before/after rows are in docs/results/hkm-fashion-mnist.md.
 
         Crash-safe and durable: the new shard is written beside the old one and fsynced, a
         ``shard.next.complete`` marker commits it, and renames swap it in (each followed by a directory
@@ -174,14 +202,17 @@ class EdgeStore(Store):
         shard, nxt = self.path / "shard", self.path / "shard.next"
         prev, done = self.path / "shard.prev", self.path / "shard.next.complete"
         shutil.rmtree(nxt, ignore_errors=True)
-        new = qe.EdgeShard.create(str(nxt), self._config(qe))
+        new = qe.EdgeShard.create(str(nxt), self._config(qe, routed=True))
         try:
             for name, dtype in schema.items():
+                if name == field:  # the engine co-locates points by a principal field at optimize()
+                    dtype = qe.IntegerIndexParams(lookup=True, range=False, is_principal=True)
                 new.update(qe.UpdateOperation.create_field_index(name, dtype))
             for s in range(0, len(order), batch_size):
                 chunk = order[s:s + batch_size]
                 new.update(qe.UpdateOperation.upsert_points([qe.Point(int(ids[i]), vecs[i], payloads[i])
                                                              for i in chunk]))
+            new.optimize()
             new.flush()
         finally:
             new.close()
@@ -208,7 +239,8 @@ class EdgeStore(Store):
                                    f"({e}): reopen the collection, which finishes it") from e
             raise
         self._shard = self._load(qe)
-        return {"points": len(ids), "seconds": time.perf_counter() - t0}
+        self.routed_layout = self._read_layout()
+        return {"points": len(ids), "seconds": time.perf_counter() - t0, "routed_layout": self.routed_layout}
 
     def _recover_rewrite(self) -> None:
         """Finish or roll back a ``cluster_by`` that a crash interrupted.
@@ -257,14 +289,27 @@ class EdgeStore(Store):
         if len(ids):
             self._shard.update(qe.UpdateOperation.set_payload([int(i) for i in ids], payload))
 
-    def _search_batch(self, vectors, k, filters, exact, hnsw_ef, with_payload):
+    def _search_batch(self, vectors, k, filters, exact, hnsw_ef, with_payload, oversampling=None):
         qe = _qe()
-        params = qe.SearchParams(exact=bool(exact), hnsw_ef=hnsw_ef)
+        if oversampling is not None:  # routed layout: no graph, so a non-exact search scans the int8 copy
+            params = qe.SearchParams(exact=False, quantization=qe.QuantizationSearchParams(
+                rescore=True, oversampling=oversampling))
+        else:
+            params = qe.SearchParams(exact=bool(exact), hnsw_ef=hnsw_ef)
+        # Payloads come from one ``retrieve`` of the final hits, not from the query: asked of the query, the
+        # engine reads them for more candidates than it returns (measured on 10k Fashion-MNIST, 16 leaves,
+        # int8 rescore: 0.153 ms a query with payload, 0.110 without, 0.125 without + retrieve of the 10 hits).
         reqs = [qe.QueryRequest(limit=k, query=qe.Query.Nearest(v.tolist()), filter=_edge_filter(qe, f),
-                                with_payload=with_payload, params=params)
+                                with_payload=False, params=params)
                 for v, f in zip(vectors, filters)]
         out = self._shard.query_batch(qe.QueryBatchRequest(reqs)) if len(reqs) > 1 else [self._shard.query(reqs[0])]
-        return [[Hit(int(p.id), float(p.score), p.payload or {}) for p in res] for res in out]
+        if not with_payload:
+            return [[Hit(int(p.id), float(p.score), {}) for p in res] for res in out]
+        ids = list({int(p.id) for res in out for p in res})
+        payload = {int(r.id): r.payload or {} for r in self._shard.retrieve(ids, True, False)} if ids else {}
+        # a hit deleted between the query and the retrieve (a writer outside the router's lock) is dropped
+        return [[Hit(int(p.id), float(p.score), payload[int(p.id)]) for p in res if int(p.id) in payload]
+                for res in out]
 
     def _retrieve(self, ids, with_vectors):
         recs = self._shard.retrieve([int(i) for i in ids], True, bool(with_vectors))

@@ -69,6 +69,7 @@ class ServerStore(Store):
             dist = {"cosine": m.Distance.COSINE, "dot": m.Distance.DOT, "euclid": m.Distance.EUCLID}[distance]
             client.create_collection(collection, vectors_config=m.VectorParams(size=self.dim, distance=dist))
             self.ensure_partition_indexes()
+        self.routed_layout = self._read_layout()  # read once: a search must not cost a round trip more
 
     def _upsert(self, ids, vectors, payloads):
         m = _models()
@@ -84,9 +85,13 @@ class ServerStore(Store):
         if len(ids):
             self.client.set_payload(self.name, payload=payload, points=[int(i) for i in ids], wait=True)
 
-    def _search_batch(self, vectors, k, filters, exact, hnsw_ef, with_payload):
+    def _search_batch(self, vectors, k, filters, exact, hnsw_ef, with_payload, oversampling=None):
         m = _models()
-        params = m.SearchParams(exact=bool(exact), hnsw_ef=hnsw_ef)
+        if oversampling is not None:  # routed layout (no graph): the server scans the int8 copy, rescores
+            params = m.SearchParams(exact=False, quantization=m.QuantizationSearchParams(
+                rescore=True, oversampling=oversampling))
+        else:
+            params = m.SearchParams(exact=bool(exact), hnsw_ef=hnsw_ef)
         reqs = [m.QueryRequest(query=v.tolist(), limit=k, filter=_client_filter(f), params=params,
                                with_payload=with_payload) for v, f in zip(vectors, filters)]
         out = self.client.query_batch_points(self.name, requests=reqs)
@@ -116,6 +121,28 @@ class ServerStore(Store):
                 raise NoFacetIndex(key) from None
             raise
         return {h.value: int(h.count) for h in res.hits}
+
+    def _read_layout(self) -> bool:
+        """The collection's own config says: no HNSW graph (m=0) and a quantized copy."""
+        cfg = self.client.get_collection(self.name).config
+        return getattr(cfg.hnsw_config, "m", 16) == 0 and cfg.quantization_config is not None
+
+    def cluster_by(self, field: str = "leaf") -> dict:
+        """The routed layout on a server, the same settings as the embedded one (``EdgeStore.cluster_by``):
+        ``field`` indexed with ``is_principal=True`` (the server co-locates points by it when it
+        optimizes segments), the HNSW graph off (``m=0``), an int8 copy of the vectors in RAM. The
+        server applies it in the background (its optimizers); searches stay correct meanwhile.
+        qdrant-client's local mode accepts these calls and ignores them (it is brute force in NumPy),
+        so here only a real server shows their effect."""
+        m = _models()
+        self.client.update_collection(
+            self.name, hnsw_config=m.HnswConfigDiff(m=0),
+            quantization_config=m.ScalarQuantization(scalar=m.ScalarQuantizationConfig(
+                type=m.ScalarType.INT8, quantile=0.99, always_ram=True)))
+        self.client.create_payload_index(self.name, field_name=field, wait=True, field_schema=m.IntegerIndexParams(
+            type=m.IntegerIndexType.INTEGER, lookup=True, range=False, is_principal=True))
+        self.routed_layout = self._read_layout()
+        return {"clustered": True, "routed_layout": self.routed_layout}
 
     def create_payload_index(self, field_name: str, kind: str) -> None:
         m = _models()
