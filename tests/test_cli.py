@@ -156,20 +156,22 @@ def test_bench_hkm_writes_records(capsys, tmp_path, monkeypatch):
     recs = [json.loads(l) for l in out_json.read_text().splitlines()]
     need = {"mode", "k", "l", "s1", "s2", "n_db", "n_queries", "recall_at_1", "recall_at_1_exact", "retention",
             "recall_at_10", "operands_mean", "operands_frac", "ms_per_query", "exact_ms_per_query", "speedup"}
-    assert all(need <= set(r) for r in recs)
-    router = [r for r in recs if r["method"] == "hkm-router"]
-    assert {r["mode"] for r in router} == {"intensive", "auto", "relaxed"}
+    searches = [r for r in recs if r["section"] in ("search", "levers")]
+    assert all(need <= set(r) for r in searches)
+    router = [r for r in searches if r["method"] == "hkm-router"]
+    assert {r["mode"] for r in router} == {"intensive", "auto", "relaxed", "target"}
+    assert {r["layout"] for r in router if r["section"] == "levers"} >= {"plain, float", "routed, int8 x2"}
     assert all(r["n_db"] == 600 and r["n_queries"] == 20 for r in recs)
     assert out_png.stat().st_size > 10_000
 
     dbv, _, qv, _ = seen["data"]  # point id i is dbv[i]
-    assert len(seen["results"]) == len(recs)  # one timed search per record, in order
+    assert len(seen["results"]) == len(searches)  # one timed search per search record, in order
     unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
     cos = unit(qv) @ unit(dbv).T
     truth = [set(np.argsort(-c, kind="stable")[:10].tolist()) for c in cos]
     assert [set(ids) for ids in seen["results"][0]] == truth  # the engine's exact baseline is the true top-10
-    recalls = []
-    for rec, res, leaf in zip(recs, seen["results"], seen["leaf_of"]):
+    recalls, int8_found = [], []
+    for rec, res, leaf in zip(searches, seen["results"], seen["leaf_of"]):
         if rec["method"] != "hkm-router":
             continue
         ids = [[h.id for h in r] for r in res]
@@ -181,10 +183,15 @@ def test_bench_hkm_writes_records(capsys, tmp_path, monkeypatch):
                 scored = np.arange(len(leaf))
             assert r.stats["operands"] == len(scored)
             want = scored[np.argsort(-cos[q, scored], kind="stable")[:10]]
-            assert set(ids[q]) == set(want.tolist()), (rec["mode"], rec["s2"], q)
-            np.testing.assert_allclose([h.score for h in r], cos[q, ids[q]], atol=1e-5)
+            assert set(ids[q]) <= set(scored.tolist())
+            if rec["oversampling"] is None:  # float scoring: exactly the top-10 of the scored points
+                assert set(ids[q]) == set(want.tolist()), (rec["mode"], rec["s2"], q)
+            else:  # the int8 copy picks the candidates, so one may be missed now and then
+                int8_found.append(len(set(ids[q]) & set(want.tolist())) / len(want))
+            np.testing.assert_allclose([h.score for h in r], cos[q, ids[q]], atol=1e-5)  # rescored: exact cosines
             assert [h.score for h in r] == sorted((h.score for h in r), reverse=True)
         recalls.append((rec["mode"], rec["s2"], mine, rec["operands_frac"]))
+    assert int8_found and np.mean(int8_found) >= 0.98
     assert min(m for _, _, m, _ in recalls) < 1.0  # the comparison covers rows that miss neighbours
     auto = next((m, ops) for mode, _, m, ops in recalls if mode == "auto")
     assert auto[0] >= 0.8 and auto[1] < 0.5, recalls

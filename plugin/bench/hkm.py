@@ -1,14 +1,27 @@
-"""``hsearch bench hkm``: the hkm-tree-retrieval Table 2 protocol on real images, in one process.
+"""``hsearch bench hkm``: the router against the fastest ways to search the same vectors, in one process.
 
-For each tree (k, l) and search mode: Recall@1 (top hit shares the query's label), its retention vs
-exact search, recall@10 against exact top-10, operands (points scored), time per query and speedup
-over exact search *on the same engine* (qdrant-edge, exact=True). Same run: faiss IVF-Flat (same
-number of lists as the tree has leaves, nprobe swept), faiss exact (flat), and the engine's HNSW (ef
-swept); then incremental ingestion (+20% data through ``Router.add``) against a full rebuild.
-Queries run one at a time (what a user's search does); times include all Python overhead.
-Where a figure does not apply it is ``null`` in the JSON records and ``n/a`` in the tables: operands for
-HNSW (it scores graph neighbours, not a counted partition) and the routing share of faiss IVF and HNSW
-(their coarse search is inside the library call, not timed apart).
+Sections (each a kind of JSON record, a table in the markdown):
+
+* **search** (one query at a time, what a user's search does; times include all Python overhead):
+  exact search on the engine (qdrant-edge, ``exact=True``), the router (intensive, auto, a relaxed
+  ``s2`` sweep, the ``target`` mode when calibrated) on each tree, faiss IVF-Flat over an
+  nlist x nprobe grid, faiss flat, and the engine's own HNSW over an m x ef grid (its build time beside
+  it). Recall@1 (the top hit shares the query's label, the hkm paper's measure), its retention vs exact,
+  recall@10 against exact top-10, operands (points scored).
+* **levers**: the same routed leaves scored four ways, to show what each engine setting buys: the
+  plain layout with float scoring, the routed layout (principal index + ``optimize()``) with floats,
+  and with the int8 copy rescored at two oversampling factors.
+* **batch**: queries/s of ``search_batch`` (100 and 1000 queries) at the cheapest configuration of each
+  method reaching each recall target; faiss on 1 thread and on every core.
+* **summary**: per recall target, the fastest configuration of each method and the router's ratios.
+* **ingest**: points/s from ``router.add`` (routing, upsert, splits and merges) to searchable, against
+  upserting into the engine's HNSW collection and re-optimising it; recall after the growth against a
+  rebuild.
+* **curve** (``cost_curve``): routed (cheapest relaxed setting reaching recall@10 >= 0.95) and exact time
+  per query as the collection grows, with the fitted growth exponent.
+
+Where a figure does not apply it is ``null`` in the JSON and ``n/a`` in the tables: operands for HNSW
+(it scores graph neighbours, not a counted partition) and the routing share of faiss IVF and HNSW.
 
 ``python -m plugin.bench.hkm md RECORDS.json OUT.md`` rewrites the markdown tables from saved records.
 """
@@ -16,13 +29,21 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-RELAXED_SWEEP = [(0.0, 0.01), (0.0, 0.02), (0.0, 0.03), (0.0, 0.04), (0.0, 0.06), (0.0, 0.08), (0.0, 0.12), (1.0, 0.16)]
+RELAXED_S2 = (0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.08, 0.12)
+FAISS_NLIST = (64, 128, 256, 512, 1024)
+FAISS_NPROBE = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+HNSW_M = (8, 16, 32)
+HNSW_EF = (8, 12, 16, 24, 32, 48, 64, 128)
+TARGETS = (0.95, 0.99)
+BATCHES = (100, 1000)
+SEARCH_METHODS = ("qdrant-edge exact", "hkm-router", "faiss flat (exact)", "faiss IVF-Flat", "qdrant-edge HNSW")
 
 
 def load_dataset(name: str, encoder, limit: int | None, n_queries: int):
@@ -45,7 +66,22 @@ def load_dataset(name: str, encoder, limit: int | None, n_queries: int):
     raise SystemExit(f"unknown dataset {name!r}: fashion-mnist | imagenet-sample")
 
 
-def _timed_search(fn, queries):
+def machine() -> dict:
+    """What the numbers were measured on (logged, and kept in the first record)."""
+    import faiss
+    import numba
+    import qdrant_edge  # noqa: F401
+    from importlib.metadata import version
+
+    return {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "numpy": np.__version__, "numba": numba.__version__,
+            "faiss": faiss.__version__, "qdrant_edge": version("qdrant-edge-py"),
+            "load_avg_start": round(os.getloadavg()[0], 2)}
+
+
+def _timed_search(fn, queries, warmup: int = 20):
+    for q in queries[:warmup]:
+        fn(q)
     out, times = [], []
     for q in queries:
         t = time.perf_counter()
@@ -54,184 +90,406 @@ def _timed_search(fn, queries):
     return out, float(np.mean(times) * 1e3)
 
 
+def _timed_batches(fn, queries, batch: int) -> tuple[list, float]:
+    """All queries through ``fn(batch of queries) -> list of id lists``; returns (ids, queries/s)."""
+    fn(queries[:batch])  # warm-up
+    out = []
+    t = time.perf_counter()
+    for s in range(0, len(queries), batch):
+        out.extend(fn(queries[s:s + batch]))
+    return out, len(queries) / (time.perf_counter() - t)
+
+
+def _recall10(hit_ids, exact_top) -> float:
+    return float(np.mean([len(set(h[:10]) & set(exact_top[i][:10])) / max(1, len(exact_top[i][:10]))
+                          for i, h in enumerate(hit_ids)]))
+
+
 def _recalls(hit_ids, exact_top, db_labels, q_labels):
     r1 = np.mean([len(h) > 0 and db_labels[h[0]] == q_labels[i] for i, h in enumerate(hit_ids)])
-    r10 = np.mean([len(set(h[:10]) & set(exact_top[i][:10])) / max(1, len(exact_top[i][:10]))
-                   for i, h in enumerate(hit_ids)])
-    return float(r1), float(r10)
+    return float(r1), _recall10(hit_ids, exact_top)
+
+
+def _ids(res) -> list[list[int]]:
+    return [[h.id for h in r] for r in res]
+
+
+class Bench:
+    """One run's data, its exact ground truth and its records."""
+
+    def __init__(self, dataset, enc_name, dbv, dbl, qv, ql, log):
+        self.dbv, self.dbl, self.qv, self.ql, self.log = dbv, dbl, qv, ql, log
+        self.n_db, self.n_q = len(dbv), len(qv)
+        self.base = {"dataset": dataset, "encoder": enc_name, "n_db": self.n_db, "n_queries": self.n_q}
+        self.records: list[dict] = []
+        self.exact_top = None
+        self.r1_exact = None
+        self.exact_ms = None
+
+    def add(self, section: str, method: str, mode: str, hits, ms, operands=None, route_ms=None, **extra) -> dict:
+        """A search record; ``operands`` / ``route_ms`` None: not applicable (null, n/a in tables)."""
+        r1, r10 = _recalls(hits, self.exact_top, self.dbl, self.ql)
+        ops = None if operands is None else float(np.mean(operands))
+        rec = {**self.base, "section": section, "method": method, "mode": mode, "k": None, "l": None, "s1": None,
+               "s2": None, "recall_at_1": r1, "recall_at_1_exact": self.r1_exact,
+               "retention": r1 / self.r1_exact if self.r1_exact else None, "recall_at_10": r10,
+               "operands_mean": ops, "operands_frac": None if ops is None else ops / self.n_db,
+               "ms_per_query": ms, "exact_ms_per_query": self.exact_ms or ms,
+               "speedup": (self.exact_ms or ms) / ms, "route_ms": route_ms, **extra}
+        self.records.append(rec)
+        self.log(_row(rec))
+        return rec
 
 
 def run(dataset: str, encoder_name: str = "mobilenet_v2", device: str = "auto", n_queries: int = 1000,
-        limit: int | None = None, trees=((3, 4), (8, 3), (4, 5)), incremental: bool = True,
-        baselines: bool = True, log=print) -> list[dict]:
+        limit: int | None = None, trees=((8, 3), (16, 3), (32, 2)), incremental: bool = True,
+        baselines: bool = True, curve_sizes=(), log=print) -> list[dict]:
     from plugin.encoders import create_encoder
-    from plugin.router import Router
     from plugin.store.edge import EdgeStore
 
     enc = create_encoder(encoder_name, device=device)
     dbv, dbl, qv, ql = load_dataset(dataset, enc, limit, n_queries)
-    n_db, n_q = len(dbv), len(qv)
-    log(f"# {dataset}: {n_db} database vectors, {n_q} queries, {enc.name} {enc.dim}-d")
+    b = Bench(dataset, enc.name, dbv, dbl, qv, ql, log)
+    env = machine()
+    log(f"# {dataset}: {b.n_db} database vectors, {b.n_q} queries, {enc.name} {enc.dim}-d")
+    log(f"# machine: {json.dumps(env)}")
     workdir = Path(tempfile.mkdtemp(prefix="hsearch-bench-"))
     store = EdgeStore(workdir / "db", dim=enc.dim)
-    ids = np.arange(n_db)
+    ids = np.arange(b.n_db)
     t = time.perf_counter()
     store.upsert(ids, dbv, [{"label": int(x), "leaf": -1} for x in dbl])
-    log(f"upsert {n_db}: {time.perf_counter() - t:.1f}s")
-    records: list[dict] = []
-    base = {"dataset": dataset, "encoder": enc.name, "n_db": n_db, "n_queries": n_q}
+    log(f"upsert {b.n_db}: {time.perf_counter() - t:.1f}s")
 
-    # exact baseline on the same engine (warm up once)
-    store.search(qv[0], k=10, exact=True)
-    exact_hits, exact_ms = _timed_search(lambda q: [h.id for h in store.search(q, k=10, exact=True)], qv)
-    r1_exact, _ = _recalls(exact_hits, exact_hits, dbl, ql)
-    records.append({**base, "method": "qdrant-edge exact", "mode": "exact", "k": None, "l": None, "s1": None,
-                    "s2": None, "recall_at_1": r1_exact, "recall_at_1_exact": r1_exact, "retention": 1.0,
-                    "recall_at_10": 1.0, "operands_mean": n_db, "operands_frac": 1.0, "ms_per_query": exact_ms,
-                    "exact_ms_per_query": exact_ms, "speedup": 1.0, "route_ms": 0.0})
-
-    def add_record(method, mode, k, l, s1, s2, hits, ms, operands, route_ms, extra=None):
-        """``operands`` / ``route_ms`` None: not applicable to the method (null in the record, n/a in tables)."""
-        r1, r10 = _recalls(hits, exact_hits, dbl, ql)
-        ops = None if operands is None else float(np.mean(operands))
-        rec = {**base, "method": method, "mode": mode, "k": k, "l": l, "s1": s1, "s2": s2, "recall_at_1": r1,
-               "recall_at_1_exact": r1_exact, "retention": r1 / r1_exact if r1_exact else None,
-               "recall_at_10": r10, "operands_mean": ops,
-               "operands_frac": None if ops is None else ops / n_db, "ms_per_query": ms,
-               "exact_ms_per_query": exact_ms, "speedup": exact_ms / ms, "route_ms": route_ms, **(extra or {})}
-        records.append(rec)
-        log(_row(rec))
-
+    # exact baseline on the same engine; its top-10 is the ground truth of every recall@10
+    exact_hits, b.exact_ms = _timed_search(lambda q: [h.id for h in store.search(q, k=10, exact=True)], qv)
+    b.exact_top = exact_hits
+    b.r1_exact, _ = _recalls(exact_hits, exact_hits, dbl, ql)
     log(_header())
-    log(_row(records[0]))
-    routers = {}
-    for k, l in trees:
-        if k ** (l - 1) > n_db:
-            continue
-        router = Router.build(store, k=k, l=l)
-        routers[(k, l)] = router
-        desc = router.describe()
-        log(f"# tree k={k} l={l}: {desc['leaves']} leaves, sizes {desc['leaf_size_min']}-{desc['leaf_size_max']}, "
-            f"build {router.build_stats['total_s']:.1f}s")
-        router.search(qv[0], k=10, mode="auto")  # jit warm-up
-        configs = [("intensive", None, None), ("auto", None, None)] + [("relaxed", a, b) for a, b in RELAXED_SWEEP]
-        for mode, s1, s2 in configs:
-            params = {} if mode != "relaxed" else {"s1": s1, "s2": s2}
-            res, ms = _timed_search(lambda q: router.search(q, k=10, mode=mode, **params), qv)
-            add_record("hkm-router", mode, k, l, s1, s2, [[h.id for h in r] for r in res], ms,
-                       [r.stats["operands"] for r in res], float(np.mean([r.stats["route_ms"] for r in res])),
-                       {"leaves_mean": float(np.mean([len(r.stats["leaves"]) for r in res])),
-                        "n_leaves": desc["leaves"], "build_s": router.build_stats["total_s"]})
+    b.add("search", "qdrant-edge exact", "exact", exact_hits, b.exact_ms, [b.n_db] * b.n_q, 0.0, machine=env)
 
+    routers = _router_rows(b, trees, workdir, enc.dim)
     if baselines:
-        _faiss_baselines(dbv, qv, add_record, trees, n_db, log)
+        _faiss_rows(b)
+        _hnsw_rows(b, workdir, enc.dim)
+    _target_rows(b, routers)
+    _batch_rows(b, routers, workdir)
     if incremental:
-        _incremental(dbv, dbl, qv, exact_hits, trees, enc.dim, workdir, base, records, log)
-    if baselines:  # HNSW last: optimize() builds the graph on this store
-        t = time.perf_counter()
-        store.optimize()
-        log(f"# qdrant-edge HNSW build: {time.perf_counter() - t:.1f}s")
-        for ef in (16, 32, 64, 128, 256):
-            store.search(qv[0], k=10, hnsw_ef=ef)
-            res, ms = _timed_search(lambda q: [h.id for h in store.search(q, k=10, hnsw_ef=ef)], qv)
-            add_record("qdrant-edge HNSW", f"hnsw ef={ef}", None, None, None, None, res, ms, None, None,
-                       {"hnsw_ef": ef})
+        _ingest_rows(b, trees, enc.dim, workdir)
     store.close()
-    return records
+    if curve_sizes:
+        cost_curve(b, curve_sizes, trees[min(1, len(trees) - 1)], enc.dim, workdir, encoder=enc, dataset=dataset)
+    return b.records
 
 
-def _faiss_baselines(dbv, qv, add_record, trees, n_db, log):
-    import faiss
-
-    faiss.omp_set_num_threads(1)  # one query at a time, like the router
-    flat = faiss.IndexFlatIP(dbv.shape[1])
-    flat.add(dbv)
-    res, ms = _timed_search(lambda q: flat.search(q[None], 10)[1][0].tolist(), qv)
-    add_record("faiss flat (exact)", "exact", None, None, None, None, res, ms, [n_db] * len(qv), 0.0)
-    for nlist in sorted({k ** (l - 1) for k, l in trees if k ** (l - 1) <= n_db}):
-        quant = faiss.IndexFlatIP(dbv.shape[1])
-        ivf = faiss.IndexIVFFlat(quant, dbv.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
-        ivf.train(dbv)
-        ivf.add(dbv)
-        sizes = np.array([ivf.invlists.list_size(i) for i in range(nlist)])
-        for nprobe in (1, 2, 4, 8, 16):
-            if nprobe > nlist:
-                continue
-            ivf.nprobe = nprobe
-            ops = []
-
-            def one(q):
-                _, I = ivf.search(q[None], 10)
-                return I[0].tolist()
-
-            res, ms = _timed_search(one, qv)
-            _, lists = quant.search(qv, nprobe)
-            ops = sizes[lists].sum(1)
-            add_record("faiss IVF-Flat", f"ivf{nlist} nprobe={nprobe}", None, None, None, None, res, ms, ops, None,
-                       {"nlist": nlist, "nprobe": nprobe})
-    faiss.omp_set_num_threads(os.cpu_count() or 1)
-
-
-def _incremental(dbv, dbl, qv, exact_hits, trees, dim, workdir, base, records, log):
-    """Build on 5/6 of the database, add the last 1/6 (+20%) through Router.add, compare with a rebuild."""
+def _router_rows(b: Bench, trees, workdir: Path, dim: int) -> dict:
+    """Every tree (each on its own copy of the collection, so every router stays valid for the later
+    sections): intensive, auto and the relaxed sweep, in the routed layout (int8 copy rescored). The
+    first tree is also scored in the plain layout and with floats (the levers section)."""
     from plugin.router import Router
     from plugin.store.edge import EdgeStore
 
-    k, l = trees[1] if len(trees) > 1 else trees[0]
-    n = len(dbv)
-    n0 = int(round(n / 1.2))
-    order = np.random.default_rng(1).permutation(n)
-    labels = np.unique(dbl)
-    new_labels = labels[-max(1, int(round(len(labels) / 6))):]  # the last sixth of the classes is "new"
-    drift = np.isin(dbl, new_labels)
-    scenarios = {"random +20%": (order[:n0], order[n0:]),
-                 f"{len(new_labels)} new labels +{drift.sum() / (~drift).sum():.0%}":
-                     (np.flatnonzero(~drift), np.flatnonzero(drift))}
-    modes = [("auto", {}), ("relaxed", {"s1": 0.0, "s2": 0.06})]
-    for si, (scenario, (ids0, ids1)) in enumerate(scenarios.items()):
-        store = EdgeStore(workdir / f"inc-{si}", dim=dim)
-        store.upsert(ids0, dbv[ids0], [{"label": int(dbl[i]), "leaf": -1} for i in ids0])
-        router = Router.build(store, k=k, l=l)
-        router.assign(dbv[ids1[:1]])  # jit warm-up, as in a long-running process
+    routers = {}
+    for ti, (k, l) in enumerate(trees):
+        if k ** (l - 1) > b.n_db:
+            continue
+        store = EdgeStore(workdir / f"tree-{k}x{l}", dim=dim)
+        store.upsert(np.arange(b.n_db), b.dbv, [{"label": int(x), "leaf": -1} for x in b.dbl])
+        levers = ti == 0
+        router = Router.build(store, k=k, l=l, relayout=not levers)
+        if levers:
+            _lever_rows(b, router, store, k, l)
+        routers[(k, l)] = router
+        desc = router.describe()
+        b.log(f"# tree k={k} l={l}: {desc['leaves']} leaves, sizes {desc['leaf_size_min']}-{desc['leaf_size_max']}, "
+              f"build {router.build_stats['total_s']:.1f}s, routed layout {store.routed_layout}")
+        configs = [("intensive", {}), ("auto", {})] + [("relaxed", {"s2": s}) for s in RELAXED_S2]
+        for mode, params in configs:
+            res, ms = _timed_search(lambda q: router.search(q, k=10, mode=mode, **params), b.qv)
+            b.add("search", "hkm-router", mode, _ids(res), ms, [r.stats["operands"] for r in res],
+                  float(np.mean([r.stats["route_ms"] for r in res])), k=k, l=l, s2=params.get("s2"),
+                  leaves_mean=float(np.mean([len(r.stats["leaves"]) for r in res])), n_leaves=desc["leaves"],
+                  build_s=router.build_stats["total_s"], oversampling=router.oversampling)
+    return routers
+
+
+def _lever_rows(b: Bench, router, store, k, l) -> None:
+    """The same leaves (relaxed s2=0.03 and 0.06) under each engine setting: plain layout floats, then
+    after ``cluster_by`` (principal index + optimize) floats, int8 rescored x1.5, x2, x3."""
+    def rows(label, over):
+        router.oversampling = over
+        for s2 in (0.03, 0.06):
+            res, ms = _timed_search(lambda q: router.search(q, k=10, mode="relaxed", s2=s2), b.qv)
+            b.add("levers", "hkm-router", "relaxed", _ids(res), ms, [r.stats["operands"] for r in res],
+                  float(np.mean([r.stats["route_ms"] for r in res])), k=k, l=l, s2=s2, layout=label,
+                  oversampling=over)
+
+    rows("plain, float", None)
+    t = time.perf_counter()
+    store.cluster_by("leaf")
+    b.log(f"# routed layout (principal index, optimize, int8 copy): {time.perf_counter() - t:.1f}s")
+    router.build_stats["total_s"] += time.perf_counter() - t
+    rows("routed, float", None)
+    for over in (1.5, 3.0, 2.0):  # 2.0 (the default) last: the router keeps it
+        rows(f"routed, int8 x{over:g}", over)
+
+
+def _faiss_rows(b: Bench) -> None:
+    import faiss
+
+    faiss.omp_set_num_threads(1)  # one query at a time, one core, like the engine
+    flat = faiss.IndexFlatIP(b.dbv.shape[1])
+    flat.add(b.dbv)
+    res, ms = _timed_search(lambda q: flat.search(q[None], 10)[1][0].tolist(), b.qv)
+    b.add("search", "faiss flat (exact)", "exact", res, ms, [b.n_db] * b.n_q, 0.0)
+    b.faiss_ivf = {}
+    for nlist in FAISS_NLIST:
+        if nlist * 39 > b.n_db:  # faiss wants >= 39 training points per list
+            continue
+        quant = faiss.IndexFlatIP(b.dbv.shape[1])
+        ivf = faiss.IndexIVFFlat(quant, b.dbv.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
         t = time.perf_counter()
+        ivf.train(b.dbv)
+        ivf.add(b.dbv)
+        build_s = time.perf_counter() - t
+        b.faiss_ivf[nlist] = ivf
+        sizes = np.array([ivf.invlists.list_size(i) for i in range(nlist)])
+        for nprobe in FAISS_NPROBE:
+            if nprobe > nlist:
+                continue
+            ivf.nprobe = nprobe
+            res, ms = _timed_search(lambda q: ivf.search(q[None], 10)[1][0].tolist(), b.qv)
+            _, lists = quant.search(b.qv, nprobe)
+            rec = b.add("search", "faiss IVF-Flat", f"ivf{nlist} nprobe={nprobe}", res, ms, sizes[lists].sum(1),
+                        None, nlist=nlist, nprobe=nprobe, build_s=build_s)
+            if rec["recall_at_10"] >= 0.999:
+                break
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+
+
+def _hnsw_rows(b: Bench, workdir: Path, dim: int) -> None:
+    """The engine's own HNSW on its own collection (the engine's defaults but m), ef swept."""
+    from plugin.store.edge import EdgeStore
+
+    b.hnsw = {}
+    for m in HNSW_M:
+        store = EdgeStore(workdir / f"hnsw-{m}", dim=dim, hnsw_m=m)
+        store.upsert(np.arange(b.n_db), b.dbv, [{"label": int(x), "leaf": -1} for x in b.dbl])
+        t = time.perf_counter()
+        store.optimize()
+        build_s = time.perf_counter() - t
+        b.log(f"# qdrant-edge HNSW m={m} ef_construct=100 build: {build_s:.1f}s")
+        for ef in HNSW_EF:
+            res, ms = _timed_search(lambda q: [h.id for h in store.search(q, k=10, hnsw_ef=ef)], b.qv)
+            rec = b.add("search", "qdrant-edge HNSW", f"hnsw m={m} ef={ef}", res, ms, None, None, hnsw_m=m,
+                        hnsw_ef=ef, build_s=build_s)
+            if rec["recall_at_10"] >= 0.999:
+                break
+        b.hnsw[m] = store
+
+
+def _target_rows(b: Bench, routers: dict) -> None:
+    """The ``target`` mode, calibrated on points of the collection, on every tree."""
+    from plugin.router import target
+
+    for (k, l), router in routers.items():
+        t = time.perf_counter()
+        target.calibrate(router)
+        cal_s = time.perf_counter() - t
+        for want in (0.9, 0.95, 0.99):
+            res, ms = _timed_search(lambda q: router.search(q, k=10, mode="target", recall=want), b.qv)
+            b.add("search", "hkm-router", "target", _ids(res), ms, [r.stats["operands"] for r in res],
+                  float(np.mean([r.stats["route_ms"] for r in res])), k=k, l=l, target_recall=want,
+                  calibrate_s=cal_s, oversampling=router.oversampling)
+
+
+def cheapest(records, method: str, want: float, section: str = "search") -> dict | None:
+    """The fastest record of ``method`` whose recall@10 reaches ``want`` (None: none does)."""
+    ok = [r for r in records if r.get("section") == section and r["method"] == method
+          and r["recall_at_10"] >= want]
+    return min(ok, key=lambda r: r["ms_per_query"]) if ok else None
+
+
+def _batch_rows(b: Bench, routers: dict, workdir: Path) -> None:
+    """Throughput of batched search at the cheapest configuration of each method for each target."""
+    import faiss
+
+    for want in TARGETS:
+        picks = {m: cheapest(b.records, m, want) for m in ("hkm-router", "faiss IVF-Flat", "qdrant-edge HNSW")}
+        for method, rec in picks.items():
+            if rec is None:
+                continue
+            for batch in BATCHES:
+                runs = []
+                if method == "hkm-router":
+                    router = routers[(rec["k"], rec["l"])]
+                    params = {"recall": rec["target_recall"]} if rec["mode"] == "target" else \
+                        {"s2": rec["s2"]} if rec["mode"] == "relaxed" else {}
+                    runs.append(("1 core", lambda Q: _ids(router.search_batch(Q, 10, mode=rec["mode"], **params))))
+                elif method == "faiss IVF-Flat":
+                    ivf = b.faiss_ivf[rec["nlist"]]
+
+                    def fa(Q, threads, ivf=ivf, nprobe=rec["nprobe"]):
+                        faiss.omp_set_num_threads(threads)
+                        ivf.nprobe = nprobe
+                        return ivf.search(Q, 10)[1].tolist()
+                    runs += [("1 core", lambda Q: fa(Q, 1)), (f"{os.cpu_count()} cores", lambda Q: fa(Q, os.cpu_count()))]
+                else:
+                    store = b.hnsw[rec["hnsw_m"]]
+                    runs.append(("1 core", lambda Q: [[h.id for h in r] for r in
+                                                      store.search_batch(Q, 10, hnsw_ef=rec["hnsw_ef"])]))
+                for threads, fn in runs:
+                    ids, qps = _timed_batches(fn, b.qv, batch)
+                    out = {**b.base, "section": "batch", "method": method, "mode": rec["mode"], "config": _config(rec),
+                           "target": want, "batch": batch, "threads": threads, "qps": qps,
+                           "recall_at_10": _recall10(ids, b.exact_top)}
+                    b.records.append(out)
+                    b.log(f"batch {method:<18} {out['config']:<28} target {want} batch {batch:>4} {threads:<8} "
+                          f"{qps:8.0f} q/s recall@10 {out['recall_at_10']:.4f}")
+    import faiss as _f
+
+    _f.omp_set_num_threads(os.cpu_count() or 1)
+
+
+def _config(r: dict) -> str:
+    if r["method"] == "hkm-router":
+        p = f" s2={r['s2']:g}" if r.get("s2") is not None else ""
+        p += f" recall={r['target_recall']:g}" if r.get("target_recall") is not None else ""
+        return f"{r['k']}x{r['l']} {r['mode']}{p}"
+    return r["mode"]
+
+
+def _ingest_rows(b: Bench, trees, dim: int, workdir: Path) -> None:
+    """Grow a collection through ``router.add`` (random +10%, and the last sixth of the classes arriving
+    new), against inserting the same points into the engine's HNSW collection and re-optimising it; the
+    router's recall@10 after the growth against a rebuild of the grown collection."""
+    from plugin.router import Router
+    from plugin.store.edge import EdgeStore
+
+    k, l = trees[min(1, len(trees) - 1)]
+    n = b.n_db
+    order = np.random.default_rng(1).permutation(n)
+    n0 = int(round(n / 1.1))
+    labels = np.unique(b.dbl)
+    new_labels = labels[-max(1, int(round(len(labels) / 6))):]
+    drift = np.isin(b.dbl, new_labels)
+    scenarios = {"random +10%": (order[:n0], order[n0:]),
+                 f"{len(new_labels)} new classes +{drift.sum() / (~drift).sum():.0%}":
+                     (np.flatnonzero(~drift), np.flatnonzero(drift))}
+    modes = [("relaxed", {"s2": 0.03}), ("relaxed", {"s2": 0.06}), ("auto", {})]
+    for si, (scenario, (ids0, ids1)) in enumerate(scenarios.items()):
+        pl = lambda ii: [{"label": int(b.dbl[i]), "leaf": -1} for i in ii]  # noqa: E731
+        store = EdgeStore(workdir / f"inc-{si}", dim=dim)
+        store.upsert(ids0, b.dbv[ids0], pl(ids0))
+        router = Router.build(store, k=k, l=l)
+        router.assign(b.dbv[ids1[:1]])  # jit warm-up, as in a long-running process
         stats = {"splits": 0, "merges": 0, "reassigned": 0}
+        t = time.perf_counter()
         for s in range(0, len(ids1), 1000):
-            b = ids1[s:s + 1000]
-            st = router.add(b, dbv[b], [{"label": int(dbl[i])} for i in b])
+            part = ids1[s:s + 1000]
+            st = router.add(part, b.dbv[part], pl(part))
             for key in stats:
                 stats[key] += st[key]
         router.save()
         add_s = time.perf_counter() - t
-        results = {}
-        for mode, params in modes:  # before the rebuild: it rewrites every leaf payload
-            results[mode] = [[h.id for h in router.search(q, k=10, mode=mode, **params)] for q in qv]
-        n_leaves_inc = router.tree.n_leaves
+        inc = {f"{m} {p}": _ids([router.search(q, k=10, mode=m, **p) for q in b.qv]) for m, p in modes}
+        leaves_inc = router.tree.n_leaves
+        # the engine's HNSW: the same growth inserted into an optimised collection, then re-optimised
+        h = EdgeStore(workdir / f"inc-hnsw-{si}", dim=dim)
+        h.upsert(ids0, b.dbv[ids0], pl(ids0))
+        h.optimize()
+        t = time.perf_counter()
+        h.upsert(ids1, b.dbv[ids1], pl(ids1))
+        upsert_s = time.perf_counter() - t
+        h.optimize()
+        hnsw_s = time.perf_counter() - t
+        h.close()
         rebuilt = Router.build(store, k=k, l=l, save=False)
-        for mode, params in modes:
-            r_reb = [[h.id for h in rebuilt.search(q, k=10, mode=mode, **params)] for q in qv]
-            rec_inc = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(results[mode], exact_hits)]))
-            rec_reb = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(r_reb, exact_hits)]))
-            rec = {**base, "method": "incremental", "scenario": scenario, "mode": mode, **params, "k": k, "l": l,
-                   "n_initial": len(ids0), "n_added": len(ids1), "add_s": add_s,
-                   "rebuild_s": rebuilt.build_stats["total_s"], "time_ratio": add_s / rebuilt.build_stats["total_s"],
-                   "rebuild_without_relayout_s": rebuilt.build_stats["total_s"] - rebuilt.build_stats["relayout_s"],
-                   "time_ratio_without_relayout": add_s / (rebuilt.build_stats["total_s"]
-                                                           - rebuilt.build_stats["relayout_s"]),
-                   "recall_at_10_incremental": rec_inc, "recall_at_10_rebuild": rec_reb,
-                   "recall_gap": rec_reb - rec_inc, **stats, "leaves_after_add": n_leaves_inc,
-                   "leaves_rebuild": rebuilt.tree.n_leaves}
-            records.append(rec)
-            log(f"incremental [{scenario}] k={k} l={l} {mode} {params}: add {len(ids1)} to {len(ids0)} in "
-                f"{add_s:.2f}s vs rebuild {rec['rebuild_s']:.2f}s ({rec['time_ratio']:.1%}; without the relayout "
-                f"{rec['rebuild_without_relayout_s']:.2f}s, {rec['time_ratio_without_relayout']:.1%}); recall@10 "
-                f"{rec_inc:.4f} vs {rec_reb:.4f} (gap {rec['recall_gap']:+.4f}); splits {stats['splits']} "
-                f"merges {stats['merges']} reassigned {stats['reassigned']}; leaves {n_leaves_inc} vs "
-                f"{rebuilt.tree.n_leaves}")
+        for m, p in modes:
+            key = f"{m} {p}"
+            reb = _ids([rebuilt.search(q, k=10, mode=m, **p) for q in b.qv])
+            rec_inc, rec_reb = _recall10(inc[key], b.exact_top), _recall10(reb, b.exact_top)
+            out = {**b.base, "section": "ingest", "method": "incremental", "scenario": scenario, "mode": m,
+                   "s2": p.get("s2"), "k": k, "l": l, "n_initial": len(ids0), "n_added": len(ids1),
+                   "add_s": add_s, "add_points_per_s": len(ids1) / add_s,
+                   "hnsw_upsert_s": upsert_s, "hnsw_upsert_optimize_s": hnsw_s,
+                   "hnsw_points_per_s": len(ids1) / hnsw_s, "speedup_vs_hnsw": hnsw_s / add_s,
+                   "rebuild_s": rebuilt.build_stats["total_s"], "recall_at_10_incremental": rec_inc,
+                   "recall_at_10_rebuild": rec_reb, "recall_gap": rec_reb - rec_inc, **stats,
+                   "leaves_after_add": leaves_inc, "leaves_rebuild": rebuilt.tree.n_leaves}
+            b.records.append(out)
+            b.log(f"ingest [{scenario}] {key}: add {len(ids1)} to {len(ids0)} in {add_s:.2f}s "
+                  f"({out['add_points_per_s']:.0f} points/s) vs HNSW upsert+optimize {hnsw_s:.2f}s "
+                  f"({out['speedup_vs_hnsw']:.1f}x); recall@10 {rec_inc:.4f} vs rebuild {rec_reb:.4f} "
+                  f"(gap {out['recall_gap']:+.4f}); splits {stats['splits']} merges {stats['merges']}; "
+                  f"leaves {leaves_inc} vs {rebuilt.tree.n_leaves}")
         store.close()
 
 
+def cost_curve(b: Bench, sizes, tree, dim: int, workdir: Path, encoder=None, dataset="fashion-mnist") -> None:
+    """Routed and exact time per query as the collection grows (prefixes of one seeded permutation of
+    the database; the largest size adds the test images not used as queries, where the dataset has
+    them). Routed time is the cheapest relaxed ``s2`` reaching recall@10 >= 0.95 at that size; the tree
+    keeps its leaf size (leaf count grows with n: ``k`` fixed, levels added, ``max_leaf_size`` bound)."""
+    from plugin.router import Router
+    from plugin.store.edge import EdgeStore
+
+    dbv, dbl = b.dbv, b.dbl
+    extra = _extra_points(dataset, encoder, b) if max(sizes) > b.n_db else None
+    if extra is not None:
+        dbv, dbl = np.vstack([dbv, extra[0]]), np.concatenate([dbl, extra[1]])
+    order = np.random.default_rng(2).permutation(len(dbv))
+    k, l = tree
+    leaf_size = b.n_db / k ** (l - 1)
+    for n in sizes:
+        if n > len(dbv):
+            continue
+        sub = order[:n]
+        store = EdgeStore(workdir / f"curve-{n}", dim=dim)
+        store.upsert(np.arange(n), dbv[sub], [{"label": int(x), "leaf": -1} for x in dbl[sub]])
+        exact, exact_ms = _timed_search(lambda q: [h.id for h in store.search(q, k=10, exact=True)], b.qv)
+        levels = max(2, int(round(np.log(max(n / leaf_size, 2)) / np.log(k))) + 1)
+        router = Router.build(store, k=k, l=levels, max_leaf_size=int(2 * leaf_size))
+        best = None
+        for s2 in RELAXED_S2:
+            res, ms = _timed_search(lambda q: router.search(q, k=10, mode="relaxed", s2=s2), b.qv)
+            rec = _recall10(_ids(res), exact)
+            if rec >= 0.95:
+                best = (s2, ms, rec, float(np.mean([r.stats["operands"] for r in res])))
+                break
+        out = {**b.base, "section": "curve", "method": "hkm-router", "n_points": n, "k": k, "l": levels,
+               "n_leaves": router.tree.n_leaves, "exact_ms": exact_ms, "s2": best and best[0],
+               "routed_ms": best and best[1], "recall_at_10": best and best[2], "operands_mean": best and best[3]}
+        b.records.append(out)
+        b.log(f"curve n={n}: tree {k}x{levels} ({out['n_leaves']} leaves) exact {exact_ms:.3f} ms, routed "
+              f"{out['routed_ms']} ms at s2={out['s2']} (recall@10 {out['recall_at_10']}, {out['operands_mean']} points)")
+        store.close()
+    pts = [r for r in b.records if r["section"] == "curve" and r["routed_ms"]]
+    if len(pts) >= 2:
+        x = np.log([r["n_points"] for r in pts])
+        fit = {"routed": float(np.polyfit(x, np.log([r["routed_ms"] for r in pts]), 1)[0]),
+               "exact": float(np.polyfit(x, np.log([r["exact_ms"] for r in pts]), 1)[0])}
+        b.records.append({**b.base, "section": "curve-fit", "method": "fit", "exponent_routed": fit["routed"],
+                          "exponent_exact": fit["exact"], "sizes": [r["n_points"] for r in pts]})
+        b.log(f"curve fit: time ~ n^{fit['routed']:.2f} routed, n^{fit['exact']:.2f} exact")
+
+
+def _extra_points(dataset, encoder, b: Bench):
+    """Vectors beyond the database for the cost curve's largest size: Fashion-MNIST's test images that
+    are not queries."""
+    if dataset != "fashion-mnist" or encoder is None:
+        return None
+    from plugin.bench import data
+
+    qs = data.fashion_mnist("test", encoder)
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(qs.vectors), size=min(b.n_q, len(qs.vectors)), replace=False)
+    rest = np.setdiff1d(np.arange(len(qs.vectors)), pick)
+    return qs.vectors[rest], qs.labels[rest]
+
+
+# ---- tables -------------------------------------------------------------------------------------
 def _header() -> str:
-    return (f"{'method':<20} {'mode':<16} {'k':>2} {'l':>2} {'s1':>4} {'s2':>5} {'R@1':>6} {'ret%':>6} {'R@10':>6} "
+    return (f"{'method':<20} {'mode':<22} {'k':>2} {'l':>2} {'s2':>5} {'R@1':>6} {'ret%':>6} {'R@10':>6} "
             f"{'ops%':>6} {'ms/q':>7} {'route%':>6} {'speedup':>7}")
 
 
@@ -240,92 +498,189 @@ def _pct(part, whole) -> float | None:
     return None if part is None else 100 * part / whole
 
 
+def _mode_label(r: dict) -> str:
+    if r.get("target_recall") is not None:
+        return f"target {r['target_recall']:g}"
+    if r.get("layout"):
+        return f"{r['mode']} [{r['layout']}]"
+    return r["mode"]
+
+
 def _row(r: dict) -> str:
     f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
     na = lambda v, fmt: "n/a".rjust(int(fmt[1:].split(".")[0])) if v is None else format(v, fmt)  # noqa: E731
-    return (f"{r['method']:<20} {r['mode']:<16} {f(r['k'], '>2')} {f(r['l'], '>2')} {f(r['s1'], '>4.2g')} "
-            f"{f(r['s2'], '>5.2g')} {r['recall_at_1']:6.4f} {100 * r['retention']:6.2f} {r['recall_at_10']:6.4f} "
+    return (f"{r['method']:<20} {_mode_label(r):<22} {f(r['k'], '>2')} {f(r['l'], '>2')} "
+            f"{f(r['s2'], '>5.3g')} {r['recall_at_1']:6.4f} {100 * r['retention']:6.2f} {r['recall_at_10']:6.4f} "
             f"{na(_pct(r['operands_frac'], 1), '>6.2f')} {r['ms_per_query']:7.3f} "
             f"{na(_pct(r['route_ms'], r['ms_per_query']), '>6.2f')} {r['speedup']:7.2f}")
 
 
+def summary(records: list[dict]) -> list[dict]:
+    """Per recall target: the fastest configuration of each method, and the router's ratios."""
+    out = []
+    for want in TARGETS:
+        best = {m: cheapest(records, m, want) for m in ("hkm-router", "faiss IVF-Flat", "qdrant-edge HNSW")}
+        r = best["hkm-router"]
+        row = {"target": want, **{m: None if v is None else {"config": _config(v), "ms": v["ms_per_query"],
+                                                             "recall_at_10": v["recall_at_10"],
+                                                             "build_s": v.get("build_s")}
+                                  for m, v in best.items()}}
+        for m in ("faiss IVF-Flat", "qdrant-edge HNSW"):
+            row[f"router_vs_{m}"] = None if r is None or best[m] is None else best[m]["ms_per_query"] / r["ms_per_query"]
+        qps = {}
+        for m in best:
+            got = [x for x in records if x.get("section") == "batch" and x["method"] == m and x["target"] == want
+                   and x["batch"] == max(BATCHES)]
+            qps[m] = {x["threads"]: x["qps"] for x in got}
+        row["qps_batch"] = qps
+        out.append(row)
+    return out
+
+
+def markdown(records: list[dict]) -> str:
+    """The records as markdown tables, for docs/results."""
+    r0 = records[0]
+    f = lambda v, fmt: "" if v is None else format(v, fmt)  # noqa: E731
+    out = [f"### {r0['dataset']}: {r0['n_db']} database vectors, {r0['n_queries']} queries, {r0['encoder']}", ""]
+    if r0.get("machine"):
+        out += [f"Machine: {', '.join(f'{k} {v}' for k, v in r0['machine'].items())}.", ""]
+    summ = summary(records)
+    if any(s["hkm-router"] for s in summ):
+        out += ["#### Summary: the fastest configuration of each method reaching a recall@10 target (one query at a "
+                "time; batched queries/s at batch 1000)", "",
+                "| recall@10 ≥ | method | configuration | recall@10 | ms/query | router is faster by | "
+                "build s | q/s batched |", "|---|---|---|---|---|---|---|---|"]
+        for s in summ:
+            for m in ("hkm-router", "faiss IVF-Flat", "qdrant-edge HNSW"):
+                v = s[m]
+                if v is None:
+                    out.append(f"| {s['target']} | {m} | not reached | | | | | |")
+                    continue
+                ratio = "" if m == "hkm-router" else (f"{s[f'router_vs_{m}']:.2f}x" if s[f"router_vs_{m}"] else "")
+                qps = ", ".join(f"{q:.0f} ({t})" for t, q in s["qps_batch"][m].items())
+                out.append(f"| {s['target']} | {m} | {v['config']} | {v['recall_at_10']:.4f} | {v['ms']:.3f} | "
+                           f"{ratio} | {f(v['build_s'], '.1f')} | {qps} |")
+        out.append("")
+    out += ["#### Search, one query at a time", "",
+            "| method | mode | k | l | s2 | R@1 | retention | R@10 | operands | ms/query | route % | speedup |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        if r.get("section", "search") != "search" or "recall_at_1" not in r:
+            continue
+        out.append(_search_line(r, f))
+    lev = [r for r in records if r.get("section") == "levers"]
+    if lev:
+        out += ["", "#### Levers: the same routed leaves under each engine setting", "",
+                "| method | mode | k | l | s2 | R@1 | retention | R@10 | operands | ms/query | route % | speedup |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        out += [_search_line(r, f) for r in lev]
+    bat = [r for r in records if r.get("section") == "batch"]
+    if bat:
+        out += ["", "#### Batched search (queries/s)", "", "| recall target | method | configuration | batch | threads "
+                "| queries/s | recall@10 |", "|---|---|---|---|---|---|---|"]
+        out += [f"| {r['target']} | {r['method']} | {r['config']} | {r['batch']} | {r['threads']} | {r['qps']:.0f} | "
+                f"{r['recall_at_10']:.4f} |" for r in bat]
+    inc = [r for r in records if r.get("section") == "ingest" or r.get("method") == "incremental"]
+    if inc:
+        out += ["", "#### Ingest to searchable", "", "| scenario | k | l | mode | added | router.add s | points/s | "
+                "HNSW upsert + optimize s | points/s | router faster by | R@10 incremental | R@10 rebuild | gap | "
+                "splits | leaves inc / rebuild |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in inc:
+            out.append(f"| {r['scenario']} | {r['k']} | {r['l']} | {r['mode']} {f(r.get('s2'), 'g')} | {r['n_added']} "
+                       f"to {r['n_initial']} | {r['add_s']:.2f} | {f(r.get('add_points_per_s'), '.0f')} | "
+                       f"{f(r.get('hnsw_upsert_optimize_s'), '.2f')} | {f(r.get('hnsw_points_per_s'), '.0f')} | "
+                       f"{f(r.get('speedup_vs_hnsw'), '.1f')}x | {r['recall_at_10_incremental']:.4f} | "
+                       f"{r['recall_at_10_rebuild']:.4f} | {r['recall_gap']:+.4f} | {r['splits']} | "
+                       f"{r['leaves_after_add']} / {r['leaves_rebuild']} |")
+    cur = [r for r in records if r.get("section") == "curve"]
+    if cur:
+        out += ["", "#### Cost curve (cheapest relaxed s2 reaching recall@10 ≥ 0.95 at each size)", "",
+                "| points | tree | leaves | exact ms | routed ms | s2 | recall@10 | points scored |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in cur:
+            out.append(f"| {r['n_points']} | {r['k']}x{r['l']} | {r['n_leaves']} | {r['exact_ms']:.3f} | "
+                       f"{f(r['routed_ms'], '.3f')} | {f(r['s2'], 'g')} | {f(r['recall_at_10'], '.4f')} | "
+                       f"{f(r['operands_mean'], '.0f')} |")
+        fit = [r for r in records if r.get("section") == "curve-fit"]
+        if fit:
+            out += ["", f"Fitted growth: routed time ∝ n^{fit[0]['exponent_routed']:.2f}, exact time ∝ "
+                    f"n^{fit[0]['exponent_exact']:.2f} (least squares on log-log, sizes {fit[0]['sizes']})."]
+    return "\n".join(out) + "\n"
+
+
+def _search_line(r, f) -> str:
+    ops, route = _pct(r["operands_frac"], 1), _pct(r["route_ms"], r["ms_per_query"])
+    return (f"| {r['method']} | {_mode_label(r)} | {f(r['k'], 'd')} | {f(r['l'], 'd')} | {f(r['s2'], 'g')} | "
+            f"{r['recall_at_1']:.4f} | {100 * r['retention']:.2f}% | {r['recall_at_10']:.4f} | "
+            f"{'n/a' if ops is None else f'{ops:.2f}%'} | {r['ms_per_query']:.3f} | "
+            f"{'n/a' if route is None else f'{route:.1f}'} | {r['speedup']:.2f}x |")
+
+
 def plot(records: list[dict], path: str, title: str) -> None:
-    """recall@10 vs ms per query: one line per parameter sweep (relaxed s2, IVF nprobe, HNSW ef),
-    single markers for intensive / auto / exact."""
+    """recall@10 vs ms per query: one line per sweep (router relaxed per tree, IVF nprobe per nlist, HNSW ef
+    per m), single markers for intensive / auto / target / exact; and the cost curve when measured."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    cur = [r for r in records if r.get("section") == "curve" and r["routed_ms"]]
+    fig, axes = plt.subplots(1, 2 if cur else 1, figsize=(15 if cur else 9, 5.5), squeeze=False)
+    ax = axes[0, 0]
     lines: dict = {}
-    trees = sorted({(r["k"], r["l"]) for r in records if r.get("method") == "hkm-router"})
+    search = [r for r in records if r.get("section", "search") == "search" and "recall_at_10" in r]
+    trees = sorted({(r["k"], r["l"]) for r in search if r["method"] == "hkm-router"})
     tree_color = {t: f"C{i}" for i, t in enumerate(trees)}
-    for r in records:
-        if r.get("method") == "incremental" or "recall_at_10" not in r:
-            continue
+    for r in search:
         if r["method"] == "hkm-router":
-            key = f"router k={r['k']} l={r['l']} relaxed (s2 sweep)" if r["mode"] == "relaxed" else None
-            if key is None:
-                marker = {"intensive": "s", "auto": "^"}[r["mode"]]
+            if r["mode"] != "relaxed":
+                marker = {"intensive": "s", "auto": "^", "target": "P"}[r["mode"]]
                 ax.scatter(r["ms_per_query"], r["recall_at_10"], marker=marker, s=40, zorder=3,
                            color=tree_color[(r["k"], r["l"])], edgecolors="k")
                 continue
+            key = f"router {r['k']}x{r['l']} relaxed (s2 sweep)"
         elif r["method"] == "faiss IVF-Flat":
             key = f"faiss IVF-Flat nlist={r['nlist']} (nprobe sweep)"
         elif r["method"] == "qdrant-edge HNSW":
-            key = "qdrant-edge HNSW (ef sweep)"
+            key = f"qdrant-edge HNSW m={r['hnsw_m']} (ef sweep)"
         else:
             ax.scatter(r["ms_per_query"], r["recall_at_10"], marker="*", s=120, zorder=3, label=r["method"])
             continue
         lines.setdefault(key, []).append(r)
-    others = iter(f"C{i}" for i in range(len(trees), 20))
+    others = iter(f"C{i}" for i in range(len(trees), 30))
     for key, rs in sorted(lines.items()):
-        rs = sorted(rs, key=lambda r: r["operands_frac"] if r["method"] != "qdrant-edge HNSW" else r["hnsw_ef"])
+        rs = sorted(rs, key=lambda r: r["ms_per_query"])
         style = "o-" if key.startswith("router") else ("d--" if "IVF" in key else "v:")
         color = tree_color[(rs[0]["k"], rs[0]["l"])] if key.startswith("router") else next(others)
-        ax.plot([r["ms_per_query"] for r in rs], [r["recall_at_10"] for r in rs], style, label=key, ms=4, color=color)
-    ax.scatter([], [], marker="s", color="0.5", edgecolors="k", label="router intensive")
-    ax.scatter([], [], marker="^", color="0.5", edgecolors="k", label="router auto")
+        ax.plot([r["ms_per_query"] for r in rs], [r["recall_at_10"] for r in rs], style, label=key, ms=4,
+                color=color, lw=2 if key.startswith("router") else 1)
+    for mk, lab in (("s", "router intensive"), ("^", "router auto"), ("P", "router target (0.9/0.95/0.99)")):
+        ax.scatter([], [], marker=mk, color="0.5", edgecolors="k", label=lab)
+    for want in TARGETS:
+        ax.axhline(want, color="0.6", lw=0.8, ls="--")
     ax.set_xscale("log")
-    ax.set_xlabel("ms per query (one query at a time, 2-core CPU)")
+    ax.set_ylim(0.8, 1.002)
+    ax.set_xlabel("ms per query (one query at a time, 1 core)")
     ax.set_ylabel("recall@10 against exact top-10")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=6, loc="lower right", ncol=2)
+    if cur:
+        ax2 = axes[0, 1]
+        n = [r["n_points"] for r in cur]
+        ax2.loglog(n, [r["exact_ms"] for r in cur], "s-", label="exact (engine)")
+        ax2.loglog(n, [r["routed_ms"] for r in cur], "o-", label="router, recall@10 >= 0.95")
+        fit = [r for r in records if r.get("section") == "curve-fit"]
+        if fit:
+            ax2.set_title(f"cost curve: routed ~ n^{fit[0]['exponent_routed']:.2f}, "
+                          f"exact ~ n^{fit[0]['exponent_exact']:.2f}")
+        ax2.set_xlabel("points in the collection")
+        ax2.set_ylabel("ms per query")
+        ax2.grid(True, which="both", alpha=0.3)
+        ax2.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def markdown(records: list[dict]) -> str:
-    """The records as markdown tables (search, then incremental), for docs/results."""
-    r0 = records[0]
-    out = [f"### {r0['dataset']}: {r0['n_db']} database vectors, {r0['n_queries']} queries, {r0['encoder']}", "",
-           "| method | mode | k | l | s1 | s2 | R@1 | retention | R@10 | operands | ms/query | route % | speedup |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    f = lambda v, fmt: "" if v is None else format(v, fmt)  # noqa: E731
-    for r in records:
-        if r.get("method") == "incremental":
-            continue
-        ops, route = _pct(r["operands_frac"], 1), _pct(r["route_ms"], r["ms_per_query"])
-        out.append(f"| {r['method']} | {r['mode']} | {f(r['k'], 'd')} | {f(r['l'], 'd')} | {f(r['s1'], 'g')} | "
-                   f"{f(r['s2'], 'g')} | {r['recall_at_1']:.4f} | {100 * r['retention']:.2f}% | "
-                   f"{r['recall_at_10']:.4f} | {'n/a' if ops is None else f'{ops:.2f}%'} | {r['ms_per_query']:.3f} | "
-                   f"{'n/a' if route is None else f'{route:.1f}'} | {r['speedup']:.2f}x |")
-    inc = [r for r in records if r.get("method") == "incremental"]
-    if inc:
-        out += ["", "| incremental scenario | k | l | mode | added | add s | rebuild s (w/o relayout) | time ratio "
-                "(w/o relayout) | R@10 incremental | R@10 rebuild | gap | splits | reassigned | leaves inc / rebuild |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in inc:
-            out.append(f"| {r['scenario']} | {r['k']} | {r['l']} | {r['mode']} {r.get('s2', '')} | {r['n_added']} "
-                       f"to {r['n_initial']} | {r['add_s']:.2f} | {r['rebuild_s']:.2f} "
-                       f"({r['rebuild_without_relayout_s']:.2f}) | {r['time_ratio']:.1%} "
-                       f"({r['time_ratio_without_relayout']:.1%}) | {r['recall_at_10_incremental']:.4f} | "
-                       f"{r['recall_at_10_rebuild']:.4f} | {r['recall_gap']:+.4f} | {r['splits']} | "
-                       f"{r['reassigned']} | {r['leaves_after_add']} / {r['leaves_rebuild']} |")
-    return "\n".join(out) + "\n"
 
 
 def read_records(path: str | os.PathLike) -> list[dict]:
@@ -335,8 +690,9 @@ def read_records(path: str | os.PathLike) -> list[dict]:
 
 def main(args) -> int:
     trees = tuple(tuple(int(x) for x in t.lower().split("x")) for t in args.tree.split(","))
+    curve = tuple(int(x) for x in args.curve.split(",")) if getattr(args, "curve", None) else ()
     records = run(args.dataset, args.encoder, args.device, args.queries, args.limit, trees,
-                  incremental=not args.skip_incremental, baselines=not args.skip_baselines)
+                  incremental=not args.skip_incremental, baselines=not args.skip_baselines, curve_sizes=curve)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text("\n".join(json.dumps(r) for r in records) + "\n")
