@@ -2,8 +2,12 @@
 
 * **add**: each new vector goes down the tree to its nearest leaf (greedy descent, as the build assigned
   points) and is upserted with that ``leaf``; node sums/counts follow, so centroids track the data.
-* **split** (a leaf past ``split_bound``): re-cluster only that leaf's points with k-means (k children);
-  the leaf becomes an internal node one level deeper. The paper rebuilds; we never do unless asked.
+* **split** (a leaf past ``split_bound``, or ``GROWTH`` times the size it was clustered at): re-cluster
+  only that leaf's points with k-means into pieces of about the mean leaf size, filed as siblings under
+  the leaf's parent (leaves stay at the built depth). The paper rebuilds; we never do unless asked.
+* **regroup** (after any split or merge): the levels above the leaves are re-clustered from the leaves'
+  running sums (:meth:`Tree.regroup`, no store write), so a class the build never saw gets upper-level
+  centroids of its own instead of being spread over subtrees placed without it.
 * **merge** (a leaf under ``merge_bound``): its points go to their nearest other leaves and the node is
   removed (an internal node left without children is removed too).
 * **boundary reassignment** (SPFresh's LIRE idea): after a split or merge, points of the changed leaves
@@ -21,6 +25,8 @@ from plugin.router.tree import _halve, _split
 from plugin.store.base import Filter, check_ids, check_payloads, check_vectors
 
 NEIGHBOURS = 3
+#: a leaf this many times the size it was clustered at is re-clustered (see ``_grown``)
+GROWTH = 2.0
 
 
 def _dist(metric: str, x: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -62,9 +68,11 @@ def _nearest_leaves(tree, centroid: np.ndarray, exclude: set, n: int) -> list[in
     return [lids[i] for i in np.argsort(d)[:n]]
 
 
-def reassign_local(router, changed: list[int]) -> tuple[int, list[int]]:
+def reassign_local(router, changed: list[int], known=None) -> tuple[int, list[int]]:
     """LIRE-style: re-file points of ``changed`` leaves and their nearest neighbour leaves to their nearest
-    leaf among that local set. Returns (points moved, leaves whose counts changed)."""
+    leaf among that local set. ``known``: (ids, vectors, leaf) of every point of the ``changed`` leaves,
+    when the caller has them (a split just read them), so only the neighbours are read from the store.
+    Returns (points moved, leaves whose counts changed)."""
     tree = router.tree
     changed = [x for x in changed if x in tree.leaf_node]
     if not changed:
@@ -72,7 +80,11 @@ def reassign_local(router, changed: list[int]) -> tuple[int, list[int]]:
     centre = tree.leaf_centroids(changed).mean(0)
     neigh = _nearest_leaves(tree, centre, set(changed), NEIGHBOURS)
     local = changed + neigh
-    ids, vecs, leaf = _points_of(router.store, local)
+    if known is None:
+        ids, vecs, leaf = _points_of(router.store, local)
+    else:
+        more = _points_of(router.store, neigh) if neigh else (known[0][:0], known[1][:0], known[2][:0])
+        ids, vecs, leaf = (np.concatenate([a, b]) for a, b in zip(known, more))
     if len(ids) == 0:
         return 0, []
     d = _dist(tree.metric, vecs, tree.leaf_centroids(local))
@@ -80,28 +92,43 @@ def reassign_local(router, changed: list[int]) -> tuple[int, list[int]]:
     return _move(router, ids, vecs, leaf, new_leaf)
 
 
-def split_leaf(router, lid: int) -> list[int]:
-    """Re-cluster one leaf into up to k children; returns the new leaf ids ([] if it cannot split)."""
+def _mean_leaf_size(tree) -> float:
+    return float(tree.counts[0]) / max(tree.n_leaves, 1)
+
+
+def split_leaf(router, lid: int) -> tuple[list[int], tuple | None]:
+    """Re-cluster one leaf into pieces of about the mean leaf size (2 to k of them), filed as *siblings*
+    under the leaf's parent (the leaf's node is removed), so leaves stay at the depth the tree was built
+    to and routing sees the pieces at the level it saw the leaf. Returns the new leaf ids ([] if it
+    cannot split) and the leaf's points as (ids, vectors, new leaf). A root that is a leaf becomes the
+    pieces' parent."""
     tree, store = router.tree, router.store
     node = tree.leaf_node[lid]
     ids, vecs, _ = _points_of(store, [lid])
-    if len(ids) < max(tree.k, 2):
-        return []
-    # children smaller than merge_bound would be merged straight back: fold them into a sibling
+    if len(ids) < 2:
+        return [], None
+    pieces = int(min(tree.k, max(2, round(len(ids) / max(_mean_leaf_size(tree), 1.0)))))
+    # pieces smaller than merge_bound would be merged straight back: fold them into a sibling
     fold = max(int(router.meta.get("min_leaf_size") or 1), int(router.meta["merge_bound"]))
-    groups = _split(vecs, tree.k, tree.metric, fold, int(router.meta.get("seed", 0)) + node + len(ids))
+    groups = _split(vecs, pieces, tree.metric, fold, int(router.meta.get("seed", 0)) + node + len(ids),
+                    one_thread=True)
     if len(groups) < 2:
         groups = _halve(vecs)
-    new_nodes = []
+    parent = tree.parent[node] if tree.parent[node] >= 0 else node
+    new_nodes, new_leaf = [], np.empty(len(ids), np.int64)
     for g in groups:
-        child = tree.add_node(node, vecs[g].mean(0), is_leaf=True)
+        child = tree.add_node(parent, vecs[g].mean(0), is_leaf=True)
         new_nodes.append(child)
         store.set_payload(ids[g], {"leaf": tree.leaf_id[child]})
         # the parent already counts these points: set the child's own totals without touching ancestors
         tree.sums[child] = vecs[g].sum(0, dtype=np.float64)
         tree.counts[child] = len(g)
+        tree.born[child] = len(g)
+        new_leaf[g] = tree.leaf_id[child]
     tree.retire_leaf(node)
-    return [tree.leaf_id[c] for c in new_nodes]
+    if parent != node:
+        tree.children[parent].remove(node)
+    return [tree.leaf_id[c] for c in new_nodes], (ids, vecs, new_leaf)
 
 
 def merge_leaf(router, lid: int) -> list[int]:
@@ -132,9 +159,19 @@ def _detach(tree, node: int) -> None:
         node, parent = parent, tree.parent[parent]
 
 
+def _grown(tree, node: int, merge_bound: int) -> bool:
+    """A leaf at least ``GROWTH`` times the size it was clustered at (and above the mean leaf size):
+    what lands in one leaf that fast is usually a mode the tree has not seen (a new class), which its
+    old centroid and neighbours were never placed for."""
+    count = int(tree.counts[node])
+    return count >= GROWTH * max(int(tree.born[node]), merge_bound) and count > _mean_leaf_size(tree)
+
+
 def _rebalance(router, touched) -> dict:
-    """Split leaves past ``split_bound`` and merge leaves under ``merge_bound``, starting from ``touched``
-    and re-checking every leaf a split, merge or boundary reassignment changed, until all are in bounds."""
+    """Split leaves past ``split_bound`` or grown ``GROWTH``-fold, merge leaves under ``merge_bound``,
+    starting from ``touched`` and re-checking every leaf a split, merge or boundary reassignment changed,
+    until all are in bounds; then, if the set of leaves changed, re-cluster the levels above them
+    (:meth:`Tree.regroup`) so the upper centroids are placed for the data they now hold."""
     tree, meta = router.tree, router.meta
     splits = merges = moved = 0
     queue = list(dict.fromkeys(int(t) for t in touched))
@@ -145,11 +182,12 @@ def _rebalance(router, touched) -> dict:
         if lid not in tree.leaf_node:
             continue
         count = int(tree.counts[tree.leaf_node[lid]])
-        if count > meta["split_bound"]:
-            new = split_leaf(router, lid)
+        if count > meta["split_bound"] or (count >= 2 * meta["merge_bound"]
+                                           and _grown(tree, tree.leaf_node[lid], meta["merge_bound"])):
+            new, points = split_leaf(router, lid)
             if new:
                 splits += 1
-                n_moved, changed = reassign_local(router, new)
+                n_moved, changed = reassign_local(router, new, points)
                 moved += n_moved
                 queue.extend(new + changed)
         elif count < meta["merge_bound"] and tree.n_leaves > 1:
@@ -157,6 +195,8 @@ def _rebalance(router, touched) -> dict:
             if targets:
                 merges += 1
                 queue.extend(targets)
+    if splits or merges:
+        tree.regroup(int(meta.get("seed", 0)))
     return {"splits": splits, "merges": merges, "reassigned": moved}
 
 

@@ -82,6 +82,7 @@ class Tree:
         self._sums = np.zeros((0, dim), np.float64)
         self._counts = np.zeros(0, np.int64)
         self._centroids = np.zeros((0, dim), np.float32)
+        self._born = np.zeros(0, np.int64)
         self.leaf_node: dict[int, int] = {}  # leaf id -> node
         self.next_leaf_id = 0
 
@@ -101,14 +102,20 @@ class Tree:
     def centroids(self) -> np.ndarray:  # (n_nodes, dim) float32, last non-empty mean
         return self._centroids[:self.n_nodes]
 
+    @property
+    def born(self) -> np.ndarray:  # (n_nodes,) int64, writable view: a leaf's size when it was last clustered
+        return self._born[:self.n_nodes]
+
     # ---- editing ------------------------------------------------------------------------------
     def add_node(self, parent: int, centroid: np.ndarray, is_leaf: bool) -> int:
         node = self.n_nodes
         self._sums = _grown(self._sums, node + 1)
         self._counts = _grown(self._counts, node + 1)
         self._centroids = _grown(self._centroids, node + 1)
+        self._born = _grown(self._born, node + 1)
         self._sums[node] = 0
         self._counts[node] = 0
+        self._born[node] = 0
         self._centroids[node] = np.asarray(centroid, np.float32)
         self.parent.append(parent)
         self.children.append([])
@@ -185,11 +192,57 @@ class Tree:
         new_of = {old: new for new, old in enumerate(order)}
         idx = np.asarray(order, np.int64)
         self._sums, self._counts, self._centroids = self._sums[idx], self._counts[idx], self._centroids[idx]
+        self._born = self._born[idx]
         self.parent = [new_of[self.parent[o]] if self.parent[o] >= 0 else -1 for o in order]
         self.children = [[new_of[c] for c in self.children[o]] for o in order]
         self.depth = [self.depth[o] for o in order]
         self.leaf_id = [self.leaf_id[o] for o in order]
         self.leaf_node = {lid: n for n, lid in enumerate(self.leaf_id) if lid >= 0}
+        return True
+
+    def regroup(self, seed: int = 0) -> bool:
+        """Re-cluster the levels above the leaves from the leaves' running sums: top-down k-means of the
+        leaf means weighted by their counts (what ``build_tree``'s k-means over the leaves' points
+        optimises when a leaf's points stay together), to the tree's ``l`` levels.
+
+        Why: a greedy descent files new points under upper-level centroids that were placed without
+        them, so a class the build never saw ends up spread over several top-level subtrees, which
+        routing prunes (measured in docs/results/router-drift.md). Leaves, their ids, sums and points
+        stay; nothing moves in the store. Old internal nodes become unreachable (``compact`` drops
+        them); leaves a build put below level ``l`` (``max_leaf_size``) come back to it. Returns whether
+        the tree has internal levels to regroup.
+        """
+        if self.n_nodes == 0 or self.leaf_id[0] >= 0 or not self.leaf_node:
+            return False
+        leaves = np.asarray([self.leaf_node[x] for x in self.leaf_ids()], np.int64)
+        means = self.centroids[leaves].astype(np.float32)  # last non-empty mean: defined for empty leaves
+        sums, weights = self.sums[leaves], np.maximum(self.counts[leaves], 1)
+        self.children[0] = []
+        stack = [(0, np.arange(len(leaves)))]
+        while stack:
+            parent, idx = stack.pop()
+            groups = []
+            if self.depth[parent] + 2 < self.l and len(idx) > self.k:  # children would not be leaves yet
+                labels, _ = kmeans(means[idx], self.k, self.metric, seed + len(idx), weights=weights[idx],
+                                   one_thread=True)
+                groups = [idx[labels == c] for c in np.unique(labels)]
+            if len(groups) < 2:
+                for i in idx:
+                    self.parent[leaves[i]] = parent
+                    self.children[parent].append(int(leaves[i]))
+                continue
+            for g in groups:
+                node = self.add_node(parent, means[g[0]], is_leaf=False)
+                self._sums[node] = sums[g].sum(0)
+                self._counts[node] = self.counts[leaves[g]].sum()
+                self._centroids[node] = (self._sums[node] / max(self._counts[node], 1)).astype(np.float32)
+                stack.append((node, g))
+        stack = [0]
+        while stack:  # leaves moved up or down: depths from the root
+            node = stack.pop()
+            for c in self.children[node]:
+                self.depth[c] = self.depth[node] + 1
+                stack.append(c)
         return True
 
     # ---- views --------------------------------------------------------------------------------
@@ -229,7 +282,7 @@ class Tree:
     def to_arrays(self) -> dict:
         return {"parent": np.asarray(self.parent, np.int32), "depth": np.asarray(self.depth, np.int32),
                 "leaf_id": np.asarray(self.leaf_id, np.int32), "sums": self.sums, "counts": self.counts,
-                "centroids": self.centroids,
+                "centroids": self.centroids, "born": self.born,
                 "child_offsets": np.cumsum([0] + [len(c) for c in self.children]).astype(np.int64),
                 "children": np.asarray([c for cs in self.children for c in cs], np.int32)}
 
@@ -243,19 +296,30 @@ class Tree:
         t.children = [ch[off[i]:off[i + 1]].tolist() for i in range(len(t.parent))]
         t._sums, t._counts = a["sums"].astype(np.float64), a["counts"].astype(np.int64)
         t._centroids = a["centroids"].astype(np.float32)
+        t._born = a["born"].astype(np.int64) if "born" in a else t._counts.copy()  # older state files
         t.leaf_node = {lid: n for n, lid in enumerate(t.leaf_id) if lid >= 0}
         t.next_leaf_id = next_leaf_id
         return t
 
 
-def kmeans(x: np.ndarray, k: int, metric: str, seed: int = 0, niter: int = 20) -> tuple[np.ndarray, np.ndarray]:
-    """(labels (n,), centroids (k, dim)) with faiss; cosine uses spherical k-means."""
+def kmeans(x: np.ndarray, k: int, metric: str, seed: int = 0, niter: int = 20,
+           weights: np.ndarray | None = None, one_thread: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (n,), centroids (k, dim)) with faiss; cosine uses spherical k-means. ``weights``: one per
+    row (a row standing for that many points). ``one_thread``: train on one OpenMP thread (the small
+    k-means of incremental maintenance: 10-20x faster than two threads on a busy 2-core machine,
+    measured in docs/results/router-drift.md); faiss' thread setting is process-wide and is restored."""
     import faiss
 
     x = np.ascontiguousarray(x, np.float32)
     km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=(metric == "cosine"),
                       min_points_per_centroid=1, max_points_per_centroid=1024, verbose=False)
-    km.train(x)
+    threads = faiss.omp_get_max_threads()
+    if one_thread:
+        faiss.omp_set_num_threads(1)
+    try:
+        km.train(x, weights=None if weights is None else np.ascontiguousarray(weights, np.float32))
+    finally:
+        faiss.omp_set_num_threads(threads)
     if metric == "l2":
         _, labels = km.index.search(x, 1)
     else:  # nearest by inner product against (unit, for spherical) centroids
@@ -263,9 +327,9 @@ def kmeans(x: np.ndarray, k: int, metric: str, seed: int = 0, niter: int = 20) -
     return labels[:, 0].astype(np.int64), km.centroids
 
 
-def _split(x: np.ndarray, k: int, metric: str, min_size: int, seed: int) -> list[np.ndarray]:
+def _split(x: np.ndarray, k: int, metric: str, min_size: int, seed: int, one_thread: bool = False) -> list[np.ndarray]:
     """Index groups of a k-means split of ``x``; groups under ``min_size`` fold into the nearest group."""
-    labels, cents = kmeans(x, k, metric, seed)
+    labels, cents = kmeans(x, k, metric, seed, one_thread=one_thread)
     groups = {c: np.flatnonzero(labels == c) for c in range(len(cents))}
     groups = {c: g for c, g in groups.items() if len(g)}
     if min_size > 1:
@@ -313,6 +377,7 @@ def build_tree(x: np.ndarray, k: int = 3, l: int = 4, metric: str = "cosine", ma
             lid = tree.make_leaf(node)
             assign[idx] = lid
             tree.add_vectors(node, x[idx])
+            tree.born[node] = len(idx)
             if progress is not None:
                 progress(len(idx))
             continue
