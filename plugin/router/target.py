@@ -34,7 +34,8 @@ truth) or vectors the caller gives. The calibration lives in ``router.target.npz
 state (atomic write), keyed by ``router_id``: a rebuild invalidates it, and so does a collection that
 grew or shrank by more than :data:`MAX_DRIFT` since. Either, or no calibration at all, is a clear error
 naming ``hsearch calibrate``; calibrating lazily inside a search would stall it for a minute.
-What it measured: ``docs/results/target-fashion-mnist.json`` (:func:`evaluate_target`).
+``python -m plugin.bench.target`` (:func:`evaluate_target`) measures it against relaxed search at equal
+recall and writes ``docs/results/target-fashion-mnist.json``.
 """
 from __future__ import annotations
 
