@@ -182,9 +182,12 @@ def cmd_build(args) -> int:
         if args.if_missing and Router.exists(store):
             print(json.dumps({"router": "exists", **Router.open(store).describe()}))
             return 0
-        router = Router.build(store, k=args.branching, l=args.levels, max_leaf_size=args.max_leaf_size,
-                              min_leaf_size=args.min_leaf_size, seed=args.seed)
-        print(json.dumps({**router.describe(), **{k: round(v, 2) for k, v in router.build_stats.items()}}))
+        router = Router.build(store, k="auto" if args.shape == "auto" else args.branching, l=args.levels,
+                              max_leaf_size=args.max_leaf_size, min_leaf_size=args.min_leaf_size, seed=args.seed,
+                              shape_recall=args.shape_recall)
+        shape = router.build_stats.pop("shape", None)
+        print(json.dumps({**router.describe(), **{k: round(v, 2) for k, v in router.build_stats.items()},
+                          **({"shape": router.meta["shape"]} if shape else {})}))
     return 0
 
 
@@ -409,6 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-l", "--levels", type=int, default=4, help="tree height incl. the root (paper: 4)")
     p.add_argument("--max-leaf-size", type=int, default=None, help="split leaves larger than this further")
     p.add_argument("--min-leaf-size", type=int, default=None, help="fold clusters smaller than this into a sibling")
+    p.add_argument("--shape", choices=["auto"], default=None,
+                   help="auto: choose k, l and max leaf size from a cost model measured on this machine "
+                        "(ignores -k/-l; prints the relaxed s2 that reaches --shape-recall)")
+    p.add_argument("--shape-recall", type=float, default=0.95, help="recall@10 target of --shape auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--if-missing", action="store_true", help="do nothing if a router is already built")
     p.set_defaults(func=cmd_build)

@@ -160,3 +160,55 @@ def rank_nodes(Q, centroids, nodes, counts, metric):
             ranked[b, i] = nodes[b, order[i]]
             dist[b, i] = d[order[i]]
     return ranked, dist
+
+
+@numba.njit(cache=True)
+def route_work(q, centroids, child_offsets, children, leaf_of_node, metric, mode, s1, s2):
+    """What :func:`route_one` does for ``q``, counted: (centroid distances evaluated, leaves output).
+    The same walk and selection, without the output; the shape cost model (``plugin.router.shape``)
+    needs the evaluations, and tests check the leaf count against ``route_one``."""
+    if leaf_of_node[0] >= 0:
+        return 0, 1
+    frontier = np.empty(centroids.shape[0], np.int64)
+    nxt = np.empty(centroids.shape[0], np.int64)
+    cand = np.empty(centroids.shape[0], np.int64)
+    d = np.empty(centroids.shape[0], np.float64)
+    keep = np.empty(centroids.shape[0], np.bool_)
+    frontier[0] = 0
+    n_front, n_eval, n_out = 1, 0, 0
+    while n_front > 0:
+        n_cand = 0
+        for f in range(n_front):
+            node = frontier[f]
+            for e in range(child_offsets[node], child_offsets[node + 1]):
+                cand[n_cand] = children[e]
+                d[n_cand] = node_distance(q, centroids, children[e], metric)
+                n_cand += 1
+        n_eval += n_cand
+        if n_cand == 0:
+            break
+        select(d[:n_cand], mode, s1, s2, keep[:n_cand])
+        n_next = 0
+        for i in range(n_cand):
+            if keep[i]:
+                c = cand[i]
+                if leaf_of_node[c] >= 0:
+                    n_out += 1
+                elif child_offsets[c + 1] > child_offsets[c]:
+                    nxt[n_next] = c
+                    n_next += 1
+        for i in range(n_next):
+            frontier[i] = nxt[i]
+        n_front = n_next
+    return n_eval, n_out
+
+
+@numba.njit(cache=True)
+def route_work_batch(Q, centroids, child_offsets, children, leaf_of_node, metric, mode, s1, s2):
+    """:func:`route_work` per row of ``Q``: (evaluations (B,), leaves (B,))."""
+    evals = np.zeros(Q.shape[0], np.int64)
+    leaves = np.zeros(Q.shape[0], np.int64)
+    for b in range(Q.shape[0]):
+        evals[b], leaves[b] = route_work(Q[b], centroids, child_offsets, children, leaf_of_node, metric,
+                                         mode, s1, s2)
+    return evals, leaves

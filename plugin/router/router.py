@@ -63,9 +63,9 @@ class Router:
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
-    def build(cls, store, k: int = 3, l: int = 4, metric: str | None = None, max_leaf_size: int | None = None,
+    def build(cls, store, k: int | str = 3, l: int = 4, metric: str | None = None, max_leaf_size: int | None = None,
               min_leaf_size: int | None = None, split_bound: int | None = None, merge_bound: int | None = None,
-              seed: int = 0, save: bool = True, relayout: bool = True) -> "Router":
+              seed: int = 0, save: bool = True, relayout: bool = True, shape_recall: float = 0.95) -> "Router":
         """Cluster every point of ``store`` into a k-means tree and write each point's ``leaf`` payload.
 
         Crash-safe: the new state is staged (``router.next.npz``) while the old ``router.npz`` stays;
@@ -77,17 +77,33 @@ class Router:
         ``relayout`` rewrites an embedded store sorted by leaf (``Store.cluster_by``); see
         ``EdgeStore.cluster_by`` for what it measured. Points added later are appended; a rebuild
         re-sorts them.
+
+        ``k="auto"``: ``k``, ``l`` (and ``max_leaf_size``, unless given) are chosen by
+        :func:`plugin.router.shape.choose_shape` for the lowest predicted query time at mean recall@10
+        ``shape_recall`` under relaxed search; ``build_stats["shape"]`` holds every candidate's prediction
+        and ``meta["shape"]`` the chosen ``s2``.
         """
         metric = metric or STORE_METRIC[store.distance]
+        auto = isinstance(k, str)
+        if auto and k != "auto":
+            raise RouterError(f"k must be an integer >= 2 or 'auto', got {k!r}")
         # explicit maintenance bounds hold from the start: the build splits / folds leaves to them
         max_leaf_size = max_leaf_size or split_bound
         min_leaf_size = min_leaf_size or merge_bound
         n = store.count()
-        check_build_params(n, k, l, metric, max_leaf_size, min_leaf_size)
+        check_build_params(n, 2 if auto else k, 1 if auto else l, metric, max_leaf_size, min_leaf_size)
         store.ensure_partition_indexes()
         t0 = time.perf_counter()
         ids, vecs, _ = store.all_vectors()
         t_read = time.perf_counter() - t0
+        shape = None
+        if auto:
+            from plugin.router.shape import choose_shape, measure_costs
+
+            (k, l, chosen_max), shape = choose_shape(vecs, recall=shape_recall, metric=metric, seed=seed,
+                                                     costs=measure_costs(store))
+            max_leaf_size = max_leaf_size or chosen_max
+            check_build_params(n, k, l, metric, max_leaf_size, min_leaf_size)
         tree, assign = build_tree(vecs, k, l, metric, max_leaf_size, min_leaf_size, seed)
         base = _next_free_leaf_id(store)
         if base:
@@ -100,6 +116,8 @@ class Router:
                 "split_bound": int(split_bound or max_leaf_size or max(2 * mean, 1.25 * sizes.max(), 2 * k)),
                 "merge_bound": int(merge_bound or min_leaf_size or max(1, mean // 8)),
                 "built": time.strftime("%Y-%m-%dT%H:%M:%S"), "n_points_built": n}
+        if shape is not None:
+            meta["shape"] = {**shape["chosen"], "recall_target": shape_recall}
         if meta["merge_bound"] * 2 > meta["split_bound"]:
             raise RouterError(f"merge_bound {meta['merge_bound']} must be at most half of split_bound "
                               f"{meta['split_bound']}")
@@ -121,6 +139,8 @@ class Router:
             commit_staged(store)
         router.build_stats = {"read_s": t_read, "cluster_s": t1 - t0 - t_read, "payload_s": t2 - t1,
                               "relayout_s": time.perf_counter() - t2, "total_s": time.perf_counter() - t0}
+        if shape is not None:
+            router.build_stats["shape"] = shape
         return router
 
     @classmethod
