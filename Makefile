@@ -49,5 +49,12 @@ bench-semantics: setup
 	set -o pipefail; nice -n 10 $(PY) -m plugin.cli eval semantics --dataset fashion-mnist --encoders handcrafted,mobilenet_v2 --queries 2000 --cap 512 --sweep-caps 128,256,1024 --seed 0 --json docs/results/semantics-fashion-mnist.json --md docs/results/semantics-fashion-mnist.md --plot docs/results/semantics-fashion-mnist.png -q 2>&1 | tee docs/results/semantics-fashion-mnist.log
 	set -o pipefail; nice -n 10 $(PY) -m plugin.cli eval semantics --dataset imagenet --encoders handcrafted,mobilenet_v2 --cap 512 --seed 0 --json docs/results/semantics-imagenet-sample.json --md docs/results/semantics-imagenet-sample.md -q 2>&1 | tee docs/results/semantics-imagenet-sample.log
 
+## The router on a sharded Qdrant, simulated (docs/SCALING.md): the 60k Fashion-MNIST collection's real routes
+## (10k test queries) replayed on 4-64 shards per placement, and the latency / throughput model; a few minutes once
+## the vectors are cached. tests/test_bench_scaling.py checks these arguments against the committed records.
+.PHONY: bench-scaling
+bench-scaling: setup
+	nice -n 10 $(PY) -m plugin.cli bench scaling --dataset fashion-mnist --tree 16x3,8x4 --recall 0.95,0.99 --shards 4,8,16,32,64 --queries 10000 --seed 0 --json docs/results/scaling-fashion-mnist.json --md docs/results/scaling-fashion-mnist.md --plot docs/results/scaling-fashion-mnist.png
+
 clean:
 	rm -rf .venv .pytest_cache
