@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from plugin.bench.hkm import _row, markdown, read_records
+from plugin.bench.hkm import _row, cheapest, markdown, read_records, retention_row, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -45,13 +45,16 @@ def test_make_bench_hkm_passes_the_arguments_of_the_committed_results(dataset):
     built = [t for t in trees if t[0] ** (t[1] - 1) <= n_db]  # bench skips trees with more leaves than points
     seen = []
     for r in recs:
-        if r["method"] == "hkm-router" and (r["k"], r["l"]) not in seen:
+        if r["section"] == "search" and r["method"] == "hkm-router" and (r["k"], r["l"]) not in seen:
             seen.append((r["k"], r["l"]))
     assert seen == built
-    assert {(r["k"], r["l"]) for r in recs if r["method"] == "incremental"} == {built[1]}
+    assert {(r["k"], r["l"]) for r in recs if r["section"] == "levers"} == {built[0]}
+    if not args.skip_incremental:
+        assert {(r["k"], r["l"]) for r in recs if r["section"] == "ingest"} == {built[0]}
+    curve = sorted(r["n_points"] for r in recs if r["section"] == "curve")
+    assert curve == sorted(int(x) for x in args.curve.split(",")) if args.curve else curve == []
     assert {r["n_queries"] for r in recs} == {args.queries}
-    assert (args.limit, args.skip_incremental, args.skip_baselines, args.encoder) == (None, False, False,
-                                                                                       recs[0]["encoder"])
+    assert (args.limit, args.skip_baselines, args.encoder) == (None, False, recs[0]["encoder"])
     assert f"# {dataset}: {n_db} database vectors, {args.queries} queries" in (ROOT / log).read_text()
 
 
@@ -65,16 +68,39 @@ def test_committed_markdown_is_the_committed_records(dataset):
 def test_not_applicable_figures_are_null_and_n_a(dataset):
     """HNSW counts no operands and faiss IVF / HNSW time no routing apart: null, shown n/a, never 0."""
     recs = read_records(RESULTS / f"hkm-{dataset}.json")
-    hnsw = [r for r in recs if r["method"] == "qdrant-edge HNSW"]
-    ivf = [r for r in recs if r["method"] == "faiss IVF-Flat"]
+    hnsw = [r for r in recs if r["method"] == "qdrant-edge HNSW" and r["section"] == "search"]
+    ivf = [r for r in recs if r["method"] == "faiss IVF-Flat" and r["section"] == "search"]
     assert hnsw and ivf
     assert all(r["operands_mean"] is None and r["operands_frac"] is None and r["route_ms"] is None for r in hnsw)
     assert all(r["route_ms"] is None and r["operands_frac"] > 0 for r in ivf)
     rows = {line.split(" | ")[1]: line.split(" | ") for line in markdown(recs).splitlines()
             if line.startswith("| qdrant-edge HNSW") or line.startswith("| faiss IVF-Flat")}
-    assert all(cells[9] == "n/a" and cells[11] == "n/a" for mode, cells in rows.items() if mode.startswith("hnsw"))
-    assert all(cells[9].endswith("%") and cells[11] == "n/a" for mode, cells in rows.items() if mode.startswith("ivf"))
+    assert all(cells[8] == "n/a" and cells[10] == "n/a" for mode, cells in rows.items() if mode.startswith("hnsw"))
+    assert all(cells[8].endswith("%") and cells[10] == "n/a" for mode, cells in rows.items() if mode.startswith("ivf"))
     assert all("n/a" in _row(r).split()[-4] and "n/a" in _row(r).split()[-2] for r in hnsw)
-    router = next(r for r in recs if r["method"] == "hkm-router")
+    router = next(r for r in recs if r["method"] == "hkm-router" and r["section"] == "search")
     cells = next(line for line in markdown(recs).splitlines() if line.startswith("| hkm-router")).split(" | ")
-    assert cells[9] == f"{100 * router['operands_frac']:.2f}%"  # a measured figure is still shown
+    assert cells[8] == f"{100 * router['operands_frac']:.2f}%"  # a measured figure is still shown
+
+
+def _rec(method, recall, ms, **kw):
+    return {"section": "search", "method": method, "mode": kw.pop("mode", "m"), "recall_at_10": recall,
+            "ms_per_query": ms, "retention": kw.pop("retention", 1.0), **kw}
+
+
+def test_cheapest_and_summary_pick_the_fastest_row_reaching_the_target():
+    recs = [_rec("hkm-router", 0.96, 0.30, k=16, l=3, s2=0.02, mode="relaxed"),
+            _rec("hkm-router", 0.94, 0.10, k=16, l=3, s2=0.01, mode="relaxed"),
+            _rec("hkm-router", 0.995, 0.50, k=16, l=3, s2=0.05, mode="relaxed"),
+            _rec("hkm-router", 0.97, 0.25, k=8, l=3, s2=0.03, mode="relaxed"),
+            _rec("faiss IVF-Flat", 0.951, 0.40, mode="ivf256 nprobe=8"),
+            _rec("faiss IVF-Flat", 0.99, 0.80, mode="ivf256 nprobe=16"),
+            _rec("qdrant-edge HNSW", 0.96, 0.20, mode="hnsw m=16 ef=16", retention=0.5),
+            {"section": "levers", "method": "hkm-router", "recall_at_10": 0.99, "ms_per_query": 0.01}]
+    assert cheapest(recs, "hkm-router", 0.95)["ms_per_query"] == 0.25
+    assert cheapest(recs, "qdrant-edge HNSW", 0.99) is None
+    s95, s99 = summary(recs)
+    assert s95["router_vs_faiss IVF-Flat"] == pytest.approx(0.40 / 0.25)
+    assert s95["router_vs_qdrant-edge HNSW"] == pytest.approx(0.20 / 0.25)
+    assert s99["hkm-router"]["config"] == "16x3 relaxed s2=0.05" and s99["router_vs_qdrant-edge HNSW"] is None
+    assert retention_row(recs)["ms_per_query"] == 0.10  # levers rows and other methods do not count

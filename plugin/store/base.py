@@ -203,7 +203,7 @@ class Store(abc.ABC):
         the filter on the int8 copy and rescore the best ``k * oversampling`` with the stored floats, so
         the returned scores are exact and only the candidate set is approximate. Elsewhere it is
         ignored and every point is scored with floats. What it costs and keeps is measured in
-        docs/results/hkm-fashion-mnist.md (rows ``int8 rescore``).
+        the levers table of docs/results/hkm-fashion-mnist.md.
         """
         if oversampling is not None and not (1.0 <= float(oversampling) <= 100.0):
             raise HSearchError(f"oversampling must be between 1 and 100, got {oversampling}")
