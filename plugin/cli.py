@@ -439,7 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--md", default=None, help="write the tables as markdown here")
     b.add_argument("--queries", type=int, default=1000, help="number of queries timed")
     b.add_argument("--limit", type=int, default=None, help="database size cap (default: all)")
-    b.add_argument("--tree", default="3x4,8x3,16x3,4x5", help="comma list of KxL trees to build")
+    b.add_argument("--tree", default="16x3,8x4,32x3", help="comma list of KxL trees to build (the first is "
+                   "also measured in the plain layout and with float scoring, and grown in the ingest and cost "
+                   "curve sections)")
+    b.add_argument("--curve", default=None, help="comma list of collection sizes for the cost curve (e.g. "
+                   "10000,30000,60000,69000); the largest may exceed the database (Fashion-MNIST adds test images)")
     b.add_argument("--skip-incremental", action="store_true")
     b.add_argument("--skip-baselines", action="store_true")
     b.set_defaults(func=cmd_bench_hkm)

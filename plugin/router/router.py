@@ -197,13 +197,13 @@ class Router:
 
     # ---- search -------------------------------------------------------------------------------
     def prepare_queries(self, vecs) -> np.ndarray:
-        q = check_vectors(vecs, self.store.dim)
+        q = check_vectors(vecs, self.store.dim)  # C-contiguous float32
         if self.tree.metric == "cosine":
-            norms = np.linalg.norm(q, axis=1, keepdims=True)
-            if (norms == 0).any():
+            norms = np.sqrt(np.einsum("ij,ij->i", q, q))[:, None]
+            if not norms.all():
                 raise BadVectorError("a zero vector has no direction: cosine search needs a non-zero query")
             q = q / norms
-        return np.ascontiguousarray(q, np.float32)
+        return q
 
     def route(self, vecs, mode: str = "auto", **params) -> list[np.ndarray] | None:
         """Leaf ids each query of a tree mode would score (None = all), without scoring. Lock-free."""
@@ -268,11 +268,13 @@ class Router:
                 hits = lists[0]
             else:
                 hits = _union_by_score(lists, k)
-            routed = [plan.probes[i].leaves for i in mine]
-            leaves = sorted({int(x) for r in routed if r is not None for x in r})
+            routed = [plan.probes[i].leaves for i in mine if plan.probes[i].leaves is not None]
+            # one probe's leaves are distinct already (the common case: a tree mode); several may overlap
+            lids = np.sort(routed[0]) if len(routed) == 1 else np.unique(np.concatenate(routed)) if routed else None
             everything = any(plan.probes[i].leaves is None and plan.probes[i].operands is None for i in mine)
             hinted = sum(plan.probes[i].operands or 0 for i in mine)
-            operands = n if everything else hinted + (int(flat.leaf_counts[leaves].sum()) if leaves else 0)
+            operands = n if everything else hinted + (int(flat.leaf_counts[lids].sum()) if lids is not None else 0)
+            leaves = [] if lids is None else lids.tolist()
             out.append(SearchResult(hits, {
                 "mode": mode, **used, "within": _as_list(within), "operands": operands,
                 "operands_frac": operands / max(n, 1),
@@ -286,9 +288,10 @@ class Router:
         short without their leaf routing."""
         filters = []
         for p in probes:
-            f = _and(p.filter, restrict)
+            f = p.filter if restrict is None else _and(p.filter, restrict)
             if p.leaves is not None:
-                f = _and(Filter(leaf_in=tuple(int(x) for x in p.leaves) + (UNFILED,)), f)
+                routed = Filter(leaf_in=tuple(p.leaves.tolist()) + (UNFILED,))
+                f = routed if f is None else _and(routed, f)
             filters.append(f)
         hits: list = [None] * len(probes)
         by_k: dict[int, list[int]] = {}
