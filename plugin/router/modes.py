@@ -104,9 +104,9 @@ def available_modes() -> list[str]:
     return sorted(MODES)
 
 #: Relaxed-search default, chosen on Fashion-MNIST 60k / MobileNetV2 (docs/results/hkm-fashion-mnist.md,
-#: rows ``relaxed s2=0.04``): it keeps >= 99.7% of exact Recall@1 on every tree tried, with recall@10
-#: between 0.941 (4x5 tree) and 0.973 (8x3) on 3.7-11.2% of the points. Higher recall costs more
-#: points: s2=0.06 gives recall@10 0.981-0.993 on 6.8-16.6%.
+#: rows ``relaxed s2=0.04``): on the 16x3, 8x4 and 32x3 trees it keeps >= 99.7% of exact Recall@1, with
+#: recall@10 0.945 (8x4) to 0.961 (16x3) on 2.2-3.7% of the points. Higher recall costs more points:
+#: s2=0.06 gives recall@10 0.986-0.992 on 4.6-6.8%.
 RELAXED_S2 = 0.04
 
 
