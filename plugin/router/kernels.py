@@ -66,12 +66,17 @@ def select(d, mode, s1, s2, keep):
 
 
 @numba.njit(cache=True)
-def route_one(q, centroids, child_offsets, children, leaf_of_node, metric, mode, s1, s2, out):
-    """Leaf ids chosen for query ``q`` are written to ``out``; returns how many."""
+def walk(q, centroids, child_offsets, children, leaf_of_node, metric, mode, s1, s2, out):
+    """The level-by-level walk for query ``q``: kept leaves go to ``out`` (not written when ``out`` is
+    empty); returns (leaves kept, centroid distances evaluated). The evaluations are what the shape
+    cost model (``plugin.router.shape``) prices."""
+    write = out.shape[0] > 0
     n_out = 0
+    n_eval = 0
     if leaf_of_node[0] >= 0:  # a single-leaf tree
-        out[0] = leaf_of_node[0]
-        return 1
+        if write:
+            out[0] = leaf_of_node[0]
+        return 1, 0
     frontier = np.empty(centroids.shape[0], np.int64)
     nxt = np.empty(centroids.shape[0], np.int64)
     frontier[0] = 0
@@ -88,6 +93,7 @@ def route_one(q, centroids, child_offsets, children, leaf_of_node, metric, mode,
                 cand[n_cand] = c
                 d[n_cand] = node_distance(q, centroids, c, metric)
                 n_cand += 1
+        n_eval += n_cand
         if n_cand == 0:
             break
         select(d[:n_cand], mode, s1, s2, keep[:n_cand])
@@ -96,7 +102,8 @@ def route_one(q, centroids, child_offsets, children, leaf_of_node, metric, mode,
             if keep[i]:
                 c = cand[i]
                 if leaf_of_node[c] >= 0:
-                    out[n_out] = leaf_of_node[c]
+                    if write:
+                        out[n_out] = leaf_of_node[c]
                     n_out += 1
                 elif child_offsets[c + 1] > child_offsets[c]:
                     nxt[n_next] = c
@@ -104,7 +111,13 @@ def route_one(q, centroids, child_offsets, children, leaf_of_node, metric, mode,
         for i in range(n_next):
             frontier[i] = nxt[i]
         n_front = n_next
-    return n_out
+    return n_out, n_eval
+
+
+@numba.njit(cache=True)
+def route_one(q, centroids, child_offsets, children, leaf_of_node, metric, mode, s1, s2, out):
+    """Leaf ids chosen for query ``q`` are written to ``out``; returns how many."""
+    return walk(q, centroids, child_offsets, children, leaf_of_node, metric, mode, s1, s2, out)[0]
 
 
 @numba.njit(cache=True)
@@ -164,42 +177,9 @@ def rank_nodes(Q, centroids, nodes, counts, metric):
 
 @numba.njit(cache=True)
 def route_work(q, centroids, child_offsets, children, leaf_of_node, metric, mode, s1, s2):
-    """What :func:`route_one` does for ``q``, counted: (centroid distances evaluated, leaves output).
-    The same walk and selection, without the output; the shape cost model (``plugin.router.shape``)
-    needs the evaluations, and tests check the leaf count against ``route_one``."""
-    if leaf_of_node[0] >= 0:
-        return 0, 1
-    frontier = np.empty(centroids.shape[0], np.int64)
-    nxt = np.empty(centroids.shape[0], np.int64)
-    cand = np.empty(centroids.shape[0], np.int64)
-    d = np.empty(centroids.shape[0], np.float64)
-    keep = np.empty(centroids.shape[0], np.bool_)
-    frontier[0] = 0
-    n_front, n_eval, n_out = 1, 0, 0
-    while n_front > 0:
-        n_cand = 0
-        for f in range(n_front):
-            node = frontier[f]
-            for e in range(child_offsets[node], child_offsets[node + 1]):
-                cand[n_cand] = children[e]
-                d[n_cand] = node_distance(q, centroids, children[e], metric)
-                n_cand += 1
-        n_eval += n_cand
-        if n_cand == 0:
-            break
-        select(d[:n_cand], mode, s1, s2, keep[:n_cand])
-        n_next = 0
-        for i in range(n_cand):
-            if keep[i]:
-                c = cand[i]
-                if leaf_of_node[c] >= 0:
-                    n_out += 1
-                elif child_offsets[c + 1] > child_offsets[c]:
-                    nxt[n_next] = c
-                    n_next += 1
-        for i in range(n_next):
-            frontier[i] = nxt[i]
-        n_front = n_next
+    """What :func:`route_one` does for ``q``, counted: (centroid distances evaluated, leaves output)."""
+    n_out, n_eval = walk(q, centroids, child_offsets, children, leaf_of_node, metric, mode, s1, s2,
+                         np.empty(0, np.int64))
     return n_eval, n_out
 
 
