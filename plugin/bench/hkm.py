@@ -677,7 +677,7 @@ def plot(records: list[dict], path: str, title: str) -> None:
         lines.setdefault(key, []).append(r)
     others = iter(f"C{i}" for i in range(len(trees), 30))
     for key, rs in sorted(lines.items()):
-        rs = sorted(rs, key=lambda r: r["ms_per_query"])
+        rs = sorted(rs, key=lambda r: r.get("s2") or r.get("nprobe") or r.get("hnsw_ef") or 0)  # along the knob
         style = "o-" if key.startswith("router") else ("d--" if "IVF" in key else "v:")
         color = tree_color[(rs[0]["k"], rs[0]["l"])] if key.startswith("router") else next(others)
         ax.plot([r["ms_per_query"] for r in rs], [r["recall_at_10"] for r in rs], style, label=key, ms=4,
