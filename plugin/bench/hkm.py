@@ -71,9 +71,9 @@ def load_dataset(name: str, encoder, limit: int | None, n_queries: int):
 def machine() -> dict:
     """What the numbers were measured on (logged, and kept in the first record)."""
     import faiss
-    import numba
-    import qdrant_edge  # noqa: F401
     from importlib.metadata import version
+
+    import numba
 
     out = {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
            "cores": os.cpu_count(), "numpy": np.__version__, "numba": numba.__version__,
@@ -133,6 +133,8 @@ class Bench:
         self.exact_top = None
         self.r1_exact = None
         self.exact_ms = None
+        self.faiss_ivf: dict = {}  # nlist -> trained index, for the batch section
+        self.hnsw: dict = {}  # m -> HNSW collection, for the batch section
 
     def add(self, section: str, method: str, mode: str, hits, ms, operands=None, route_ms=None, **extra) -> dict:
         """A search record; ``operands`` / ``route_ms`` None: not applicable (null, n/a in tables)."""
@@ -251,7 +253,6 @@ def _faiss_rows(b: Bench) -> None:
     flat.add(b.dbv)
     res, ms = _timed_search(lambda q: flat.search(q[None], 10)[1][0].tolist(), b.qv)
     b.add("search", "faiss flat (exact)", "exact", res, ms, [b.n_db] * b.n_q, 0.0)
-    b.faiss_ivf = {}
     for nlist in FAISS_NLIST:
         if nlist * 39 > b.n_db:  # faiss wants >= 39 training points per list
             continue
@@ -280,7 +281,6 @@ def _hnsw_rows(b: Bench, workdir: Path, dim: int) -> None:
     """The engine's own HNSW on its own collection (the engine's defaults but m), ef swept."""
     from plugin.store.edge import EdgeStore
 
-    b.hnsw = {}
     for m in HNSW_M:
         store = EdgeStore(workdir / f"hnsw-{m}", dim=dim, hnsw_m=m)
         store.upsert(np.arange(b.n_db), b.dbv, [{"label": int(x), "leaf": -1} for x in b.dbl])
@@ -361,9 +361,7 @@ def _batch_rows(b: Bench, routers: dict, workdir: Path) -> None:
                     b.records.append(out)
                     b.log(f"batch {method:<18} {out['config']:<28} target {want} batch {batch:>4} {threads:<8} "
                           f"{qps:8.0f} q/s recall@10 {out['recall_at_10']:.4f}")
-    import faiss as _f
-
-    _f.omp_set_num_threads(os.cpu_count() or 1)
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
 
 
 def _config(r: dict) -> str:

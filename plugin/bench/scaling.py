@@ -28,13 +28,14 @@ docs/SCALING.md).
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from plugin.bench.hkm import read_records  # one JSON-lines reader for every bench's records
 
 SHARD_COUNTS = (4, 8, 16, 32, 64)
 PLACEMENTS = ("subtree", "balanced", "random", "broadcast")
@@ -517,10 +518,6 @@ def plot(records: list[dict], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def read_records(path: str | os.PathLike) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def main(args) -> int:

@@ -284,8 +284,9 @@ class Router:
         return out
 
     def _run_probes(self, Q, probes, k: int, restrict) -> tuple[list, list[bool]]:
-        """Score every probe (one store batch per distinct k); re-score restricted probes that came back
-        short without their leaf routing."""
+        """Score every probe (one store batch per distinct k and kind: routed probes score the int8 copy
+        with ``self.oversampling``, the others floats); re-score restricted probes that came back short
+        without their leaf routing."""
         filters = []
         for p in probes:
             f = p.filter if restrict is None else _and(p.filter, restrict)
@@ -294,18 +295,14 @@ class Router:
                 f = routed if f is None else _and(routed, f)
             filters.append(f)
         hits: list = [None] * len(probes)
-        by_k: dict[int, list[int]] = {}
+        groups: dict[tuple[int, bool], list[int]] = {}
         for i, p in enumerate(probes):
-            by_k.setdefault(int(p.k or k), []).append(i)
-        for kk, idx in by_k.items():
-            routed = [i for i in idx if probes[i].leaves is not None]
-            for group, over in ((routed, self.oversampling), ([i for i in idx if probes[i].leaves is None], None)):
-                if not group:
-                    continue
-                res = self.store.search_batch(Q[[probes[i].query for i in group]], kk,
-                                              filter=[filters[i] for i in group], exact=True, oversampling=over)
-                for i, h in zip(group, res):
-                    hits[i] = h
+            groups.setdefault((int(p.k or k), p.leaves is not None), []).append(i)
+        for (kk, routed), idx in groups.items():
+            res = self.store.search_batch(Q[[probes[i].query for i in idx]], kk, filter=[filters[i] for i in idx],
+                                          exact=True, oversampling=self.oversampling if routed else None)
+            for i, h in zip(idx, res):
+                hits[i] = h
         widened = [p.leaves is not None and (p.filter is not None or restrict is not None)
                    and len(hits[i]) < int(p.k or k) for i, p in enumerate(probes)]
         for i in np.flatnonzero(widened):
