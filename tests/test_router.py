@@ -9,6 +9,7 @@ import pytest
 
 from plugin.errors import BadVectorError, EmptyCollectionError, RouterError
 from plugin.router import Router
+from plugin.router.kernels import nearest_leaf_batch
 from plugin.router.state import state_path
 from plugin.store import Filter, open_store
 
@@ -66,7 +67,7 @@ def _brute(vecs, q, k, allowed=None):
     return set(np.argsort(-s)[:k].tolist())
 
 
-@pytest.mark.parametrize("mode", ["intensive", "auto", "relaxed"])
+@pytest.mark.parametrize("mode", ["intensive", "auto", "relaxed", "probe"])
 def test_modes_score_exactly_their_leaves(filled, mode):
     """Within the chosen leaves the store's ranking equals brute force over those points."""
     s, vecs = filled
@@ -79,8 +80,11 @@ def test_modes_score_exactly_their_leaves(filled, mode):
         assert len(res) == min(5, int(allowed.sum()))
         assert {h.id for h in res} == _brute(vecs, vecs[qi], len(res), allowed)
         assert res.stats["operands"] == int(allowed.sum())
-        if mode == "intensive":  # one greedy path: the leaf a new copy of this vector would be filed under
-            assert res.stats["leaves"] == [int(r.assign(vecs[qi:qi + 1])[0])]
+        if mode == "intensive":  # one greedy path
+            f = r.flat
+            q = r.prepare_queries(vecs[qi:qi + 1])
+            assert res.stats["leaves"] == [int(nearest_leaf_batch(q, f.centroids, f.child_offsets, f.children,
+                                                                   f.leaf_of_node, f.metric)[0])]
 
 
 def test_mode_nesting_and_relaxed_extremes(filled):
@@ -106,6 +110,67 @@ def test_auto_selects_up_to_largest_gap():
     assert keep.tolist() == [True, True, False, False, False]
     select(np.array([0.3, 0.1, 0.2, 0.9, 0.8]), AUTO, 0.0, 0.0, keep)
     assert keep.tolist() == [True, True, True, False, False]
+
+
+def _leaf_centroids(r):
+    lids = r.tree.leaf_ids()
+    c = r.tree.leaf_centroids(lids).astype(np.float64)
+    return lids, c / np.linalg.norm(c, axis=1, keepdims=True)
+
+
+def test_probe_scores_the_nearest_leaves_reached(filled):
+    """With a band that reaches every leaf, probe's leaves are the ``nprobe`` nearest leaf centroids by
+    brute force, nearest first; a narrow band reaches a subset, still ordered; bad nprobe is refused."""
+    s, vecs = filled
+    r = Router.build(s, k=3, l=3)
+    lids, cents = _leaf_centroids(r)
+    for qi in (0, 77, 211):
+        q = vecs[qi] / np.linalg.norm(vecs[qi])
+        want = lids[np.argsort(-(cents @ q), kind="stable")[:4]].tolist()
+        assert r.route(vecs[qi], "probe", nprobe=4, s2=10.0)[0].tolist() == want
+        narrow = r.route(vecs[qi], "probe", nprobe=4, s2=0.0)[0]
+        d = 1 - cents[np.searchsorted(lids, narrow)] @ q
+        assert len(narrow) >= 1 and np.all(np.diff(d) >= -1e-6)
+        assert set(narrow.tolist()) <= set(r.route(vecs[qi], "probe", nprobe=50, s2=10.0)[0].tolist())
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(RouterError, match="nprobe"):
+            r.search(vecs[0], mode="probe", nprobe=bad)
+
+
+def _objective(r, vecs):
+    """Sum over points of 1 - cos(point, centroid of its leaf)."""
+    leaf = _leaf_of_all(r.store)
+    lids, cents = _leaf_centroids(r)
+    unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    own = np.searchsorted(lids, [leaf[i] for i in range(len(vecs))])
+    return float((1 - np.einsum("ij,ij->i", unit, cents[own])).sum()), unit, cents, own
+
+
+def test_refine_files_points_under_their_nearest_leaf(make_store, fmnist_small):
+    """Refined leaves lower the k-means objective of the paper's tree, and once converged every point
+    sits in the leaf whose centroid is nearest to it; the tree's sums and counts follow the points."""
+    vecs, wnids, _ = fmnist_small
+    objective = {}
+    for refine in (0, 50):
+        s = make_store(vecs.shape[1], name=f"r{refine}")
+        s.upsert(np.arange(len(vecs)), vecs, [{"leaf": -1} for _ in vecs])
+        r = Router.build(s, k=4, l=3, refine=refine, relayout=False)
+        _check_invariants(r)
+        objective[refine], unit, cents, own = _objective(r, vecs)
+        if refine:
+            assert r.meta["refine"] == 50
+            nearest = np.argmax(unit @ cents.T, axis=1)
+            assert np.mean(nearest == own) >= 0.99  # converged (ties and empty leaves aside)
+    assert objective[50] < objective[0]
+
+
+def test_search_without_payload(filled):
+    s, vecs = filled
+    r = Router.build(s, k=3, l=3)
+    full = r.search(vecs[5], k=5, mode="probe")
+    bare = r.search(vecs[5], k=5, mode="probe", with_payload=False)
+    assert [h.id for h in bare] == [h.id for h in full] and all(h.payload for h in full)
+    assert all(h.payload == {} for h in bare)
 
 
 def test_search_batch_matches_single(filled):

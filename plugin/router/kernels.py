@@ -12,6 +12,9 @@ Selection rules (``d`` = distances of this level's candidates to the query):
   (relative to the best node). The best node is always kept.
 * auto (mode 2), eqs. 6-8: sort ``d``, find the largest gap between neighbours, keep everything up to the
   node before it (``s1`` = that node's distance). One candidate is kept as is.
+* probe (:func:`probe_one`, not in the paper): the relaxed band on internal nodes only; of all leaves
+  met on the way, the ``nprobe`` nearest are output: a count of leaves, like faiss' ``nprobe``, where
+  relaxed keeps a distance band at the leaves too.
 
 Only these loops are jitted; building, flattening and scoring stay in Python/NumPy/Qdrant.
 """
@@ -192,3 +195,59 @@ def route_work_batch(Q, centroids, child_offsets, children, leaf_of_node, metric
         evals[b], leaves[b] = route_work(Q[b], centroids, child_offsets, children, leaf_of_node, metric,
                                          mode, s1, s2)
     return evals, leaves
+
+
+@numba.njit(cache=True)
+def probe_one(q, centroids, child_offsets, children, leaf_of_node, metric, nprobe, s2, out):
+    """Descend keeping the internal nodes within ``s2`` of each level's nearest internal node (the
+    relaxed rule, eq. 3, applied to internal nodes only); every leaf met on the way is a candidate, and
+    the ``nprobe`` nearest candidates are written to ``out``, nearest first. Returns how many."""
+    if leaf_of_node[0] >= 0:
+        out[0] = leaf_of_node[0]
+        return 1
+    n_nodes = centroids.shape[0]
+    frontier = np.empty(n_nodes, np.int64)
+    cand = np.empty(n_nodes, np.int64)
+    d = np.empty(n_nodes, np.float64)
+    found = np.empty(n_nodes, np.int64)
+    found_d = np.empty(n_nodes, np.float64)
+    frontier[0] = 0
+    n_front, n_found = 1, 0
+    while n_front > 0:
+        n_cand = 0
+        best = np.inf
+        for f in range(n_front):
+            node = frontier[f]
+            for e in range(child_offsets[node], child_offsets[node + 1]):
+                c = children[e]
+                dc = node_distance(q, centroids, c, metric)
+                if leaf_of_node[c] >= 0:
+                    found[n_found] = leaf_of_node[c]
+                    found_d[n_found] = dc
+                    n_found += 1
+                elif child_offsets[c + 1] > child_offsets[c]:
+                    cand[n_cand] = c
+                    d[n_cand] = dc
+                    n_cand += 1
+                    best = min(best, dc)
+        n_front = 0
+        for j in range(n_cand):
+            if d[j] - best <= s2:
+                frontier[n_front] = cand[j]
+                n_front += 1
+    n_out = min(nprobe, n_found)
+    order = np.argsort(found_d[:n_found])
+    for j in range(n_out):
+        out[j] = found[order[j]]
+    return n_out
+
+
+@numba.njit(cache=True)
+def probe_batch(Q, centroids, child_offsets, children, leaf_of_node, metric, nprobe, s2):
+    """:func:`probe_one` per row of ``Q``: returns (leaf ids (B, nprobe), counts (B,))."""
+    B = Q.shape[0]
+    out = np.full((B, max(nprobe, 1)), -1, np.int64)
+    counts = np.zeros(B, np.int64)
+    for b in range(B):
+        counts[b] = probe_one(Q[b], centroids, child_offsets, children, leaf_of_node, metric, nprobe, s2, out[b])
+    return out, counts

@@ -26,7 +26,7 @@ import numpy as np
 
 from plugin.errors import BadVectorError, EmptyCollectionError, RouterError
 from plugin.router import maintenance
-from plugin.router.kernels import nearest_leaf_batch
+from plugin.router.kernels import nearest_leaf_batch, probe_batch
 from plugin.router.modes import ModeContext, as_plan, get_mode, route
 from plugin.router.rwlock import RWLock
 from plugin.router.state import commit_staged, load_committed, save_state, staged_path, state_path
@@ -43,6 +43,12 @@ FACET_LIMIT = 1_000_000
 #: store is in the routed layout (``Store.cluster_by``); recall and cost against float scoring of the
 #: same leaves are in docs/results/hkm-fashion-mnist.md. ``router.oversampling = None`` scores floats.
 OVERSAMPLING = 2.0
+#: Flat Lloyd iterations over the leaves after a build (``Router.build(refine=)``); what they buy is in
+#: the ``refine`` rows of docs/results/hkm-fashion-mnist.md.
+REFINE_ITERS = 4
+#: Band of the descent that files new points in a refined tree (``Router.assign``): 0.03 reaches the
+#: nearest leaf centroid for most points at a fraction of a full scan of the leaves.
+FILE_S2 = 0.03
 
 
 class SearchResult(list):
@@ -65,7 +71,8 @@ class Router:
     @classmethod
     def build(cls, store, k: int | str = 3, l: int = 4, metric: str | None = None, max_leaf_size: int | None = None,
               min_leaf_size: int | None = None, split_bound: int | None = None, merge_bound: int | None = None,
-              seed: int = 0, save: bool = True, relayout: bool = True, shape_recall: float = 0.95) -> "Router":
+              seed: int = 0, save: bool = True, relayout: bool = True, shape_recall: float = 0.95,
+              refine: int = REFINE_ITERS) -> "Router":
         """Cluster every point of ``store`` into a k-means tree and write each point's ``leaf`` payload.
 
         Crash-safe: the new state is staged (``router.next.npz``) while the old ``router.npz`` stays;
@@ -77,6 +84,9 @@ class Router:
         ``relayout`` rewrites an embedded store sorted by leaf (``Store.cluster_by``); see
         ``EdgeStore.cluster_by`` for what it measured. Points added later are appended; a rebuild
         re-sorts them.
+
+        ``refine``: flat Lloyd iterations over all leaves after the top-down build
+        (:func:`plugin.router.tree.refine_leaves`; 0 keeps the paper's tree as built).
 
         ``k="auto"``: ``k``, ``l`` (and ``max_leaf_size``, unless given) are chosen by
         :func:`plugin.router.shape.choose_shape` for the lowest predicted query time at mean recall@10
@@ -104,7 +114,9 @@ class Router:
                                                      costs=measure_costs(store))
             max_leaf_size = max_leaf_size or chosen_max
             check_build_params(n, k, l, metric, max_leaf_size, min_leaf_size)
-        tree, assign = build_tree(vecs, k, l, metric, max_leaf_size, min_leaf_size, seed)
+        if int(refine) != refine or refine < 0:
+            raise RouterError(f"refine must be an integer >= 0, got {refine!r}")
+        tree, assign = build_tree(vecs, k, l, metric, max_leaf_size, min_leaf_size, seed, refine=int(refine))
         base = _next_free_leaf_id(store)
         if base:
             tree = _shift_leaf_ids(tree, base)
@@ -112,7 +124,7 @@ class Router:
         sizes = tree.counts[[tree.leaf_node[x] for x in tree.leaf_ids()]]
         mean = float(sizes.mean())
         meta = {"router_id": uuid.uuid4().hex, "collection": store.name, "dim": store.dim, "metric": metric,
-                "k": k, "l": l, "max_leaf_size": max_leaf_size, "min_leaf_size": min_leaf_size, "seed": seed,
+                "k": k, "l": l, "refine": int(refine), "max_leaf_size": max_leaf_size, "min_leaf_size": min_leaf_size, "seed": seed,
                 "split_bound": int(split_bound or max_leaf_size or max(2 * mean, 1.25 * sizes.max(), 2 * k)),
                 "merge_bound": int(merge_bound or min_leaf_size or max(1, mean // 8)),
                 "built": time.strftime("%Y-%m-%dT%H:%M:%S"), "n_points_built": n}
@@ -210,16 +222,16 @@ class Router:
         return route(self.flat, self.prepare_queries(vecs), mode, params)[0]
 
     def search(self, vec, k: int = 10, mode: str = "auto", within=None, filter: Filter | None = None,
-               probs=None, classes=None, **params) -> SearchResult:
+               probs=None, classes=None, with_payload: bool = True, **params) -> SearchResult:
         q = np.asarray(vec)
         if q.ndim != 1:
             raise RouterError(f"search takes one vector (use search_batch for several), got shape {q.shape}")
         p = None if probs is None else np.asarray(probs)[None]
         return self.search_batch(q[None], k, mode, within=within, filter=filter, probs=p, classes=classes,
-                                 **params)[0]
+                                 with_payload=with_payload, **params)[0]
 
     def search_batch(self, vecs, k: int = 10, mode: str = "auto", within=None, filter: Filter | None = None,
-                     probs=None, classes=None, **params) -> list[SearchResult]:
+                     probs=None, classes=None, with_payload: bool = True, **params) -> list[SearchResult]:
         """Top-``k`` per query under a search mode, optionally restricted to WordNet subtrees.
 
         ``within``: a wnid or a list of wnids; only points whose ``synsets`` payload holds one of them
@@ -234,6 +246,9 @@ class Router:
 
         ``probs`` / ``classes``: the queries' class probabilities (B, C) and the wnids of their columns,
         for modes that reason about the query's class (see ``plugin.semantics``).
+
+        ``with_payload=False``: hits carry ids and scores only, which saves the payload read (one
+        ``retrieve`` of the hits, ~0.03 ms a query). Modes that merge sub-searches read payloads anyway.
         """
         m = get_mode(mode)
         used = m.resolve(params)
@@ -252,7 +267,8 @@ class Router:
             ctx = ModeContext(flat, self.store, self, probs, None if classes is None else tuple(classes))
             plan = as_plan(m.fn(ctx, Q, **used), len(Q))
             t1 = time.perf_counter()
-            probe_hits, widened = self._run_probes(Q, plan.probes, k, restrict)
+            probe_hits, widened = self._run_probes(Q, plan.probes, k, restrict,
+                                                   with_payload or plan.merge is not None)
             t2 = time.perf_counter()
         B = len(Q)
         per_query: list[list[int]] = [[] for _ in range(B)]
@@ -283,7 +299,7 @@ class Router:
                 "route_ms": (t1 - t0) * 1e3 / B, "score_ms": (t2 - t1) * 1e3 / B, "ms": (t2 - t0) * 1e3 / B}))
         return out
 
-    def _run_probes(self, Q, probes, k: int, restrict) -> tuple[list, list[bool]]:
+    def _run_probes(self, Q, probes, k: int, restrict, with_payload: bool = True) -> tuple[list, list[bool]]:
         """Score every probe (one store batch per distinct k and kind: routed probes score the int8 copy
         with ``self.oversampling``, the others floats); re-score restricted probes that came back short
         without their leaf routing."""
@@ -300,7 +316,8 @@ class Router:
             groups.setdefault((int(p.k or k), p.leaves is not None), []).append(i)
         for (kk, routed), idx in groups.items():
             res = self.store.search_batch(Q[[probes[i].query for i in idx]], kk, filter=[filters[i] for i in idx],
-                                          exact=True, oversampling=self.oversampling if routed else None)
+                                          exact=True, oversampling=self.oversampling if routed else None,
+                                          with_payload=with_payload)
             for i, h in zip(idx, res):
                 hits[i] = h
         widened = [p.leaves is not None and (p.filter is not None or restrict is not None)
@@ -308,7 +325,8 @@ class Router:
         for i in np.flatnonzero(widened):
             p = probes[i]
             hits[i] = self.store.search_batch(Q[p.query:p.query + 1], int(p.k or k),
-                                              filter=_and(p.filter, restrict), exact=True)[0]
+                                              filter=_and(p.filter, restrict), exact=True,
+                                              with_payload=with_payload)[0]
         return hits, widened
 
     def calibrate(self, queries=None, **params):
@@ -370,10 +388,15 @@ class Router:
             return stats
 
     def assign(self, vecs) -> np.ndarray:
-        """Leaf id a vector is filed under (greedy descent). Lock-free: one snapshot."""
+        """Leaf id a vector is filed under: the nearest leaf centroid among the leaves a relaxed descent
+        (``FILE_S2``) reaches. A refined build files each point under its nearest leaf, not under the
+        greedy path's (``refine``), so new points are filed the same way. Lock-free: one snapshot."""
         q = self.prepare_queries(vecs)
         f = self.flat
-        return nearest_leaf_batch(q, f.centroids, f.child_offsets, f.children, f.leaf_of_node, f.metric)
+        if not self.meta.get("refine"):  # the paper's tree: the leaf of the greedy path, as the build filed
+            return nearest_leaf_batch(q, f.centroids, f.child_offsets, f.children, f.leaf_of_node, f.metric)
+        out, _ = probe_batch(q, f.centroids, f.child_offsets, f.children, f.leaf_of_node, f.metric, 1, FILE_S2)
+        return out[:, 0]
 
     def describe(self) -> dict:
         f = self.flat

@@ -14,6 +14,7 @@ second opener gets :class:`StoreLockedError` instead of the engine's ``WouldBloc
 """
 from __future__ import annotations
 
+import array
 import json
 import logging
 import os
@@ -299,7 +300,10 @@ class EdgeStore(Store):
         # Payloads come from one ``retrieve`` of the final hits, not from the query: asked of the query, the
         # engine reads them for more candidates than it returns (measured on 10k Fashion-MNIST, 16 leaves,
         # int8 rescore: 0.153 ms a query with payload, 0.110 without, 0.125 without + retrieve of the 10 hits).
-        reqs = [qe.QueryRequest(limit=k, query=qe.Query.Nearest(v.tolist()), filter=_edge_filter(qe, f),
+        # The query vector goes in as an ``array('f')``: the binding reads it 1.5x faster than a list of
+        # Python floats (18 vs 27 us for 1280-d, measured), which at 0.3 ms a query is worth having.
+        reqs = [qe.QueryRequest(limit=k, query=qe.Query.Nearest(array.array("f", v.tobytes())),
+                                filter=_edge_filter(qe, f),
                                 with_payload=False, params=params)
                 for v, f in zip(vectors, filters)]
         out = self._shard.query_batch(qe.QueryBatchRequest(reqs)) if len(reqs) > 1 else [self._shard.query(reqs[0])]
