@@ -444,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "curve sections)")
     b.add_argument("--curve", default=None, help="comma list of collection sizes for the cost curve (e.g. "
                    "10000,30000,60000,69000); the largest may exceed the database (Fashion-MNIST adds test images)")
+    b.add_argument("--max-leaf", type=int, default=None, help="every tree's max_leaf_size (leaves above it are "
+                   "split further, below level l); default: the paper's fixed-height tree")
     b.add_argument("--skip-incremental", action="store_true")
     b.add_argument("--skip-baselines", action="store_true")
     b.set_defaults(func=cmd_bench_hkm)

@@ -49,6 +49,11 @@ def test_make_bench_hkm_passes_the_arguments_of_the_committed_results(dataset):
             seen.append((r["k"], r["l"]))
     assert seen == built
     assert {(r["k"], r["l"]) for r in recs if r["section"] == "levers"} == {built[0]}
+    assert {(r["k"], r["l"]) for r in recs if r["section"] == "refine"} == {built[0]}
+    assert {r["refine"] for r in recs if r["section"] == "refine"} == {0, 4}
+    routed = [r for r in recs if r["method"] == "hkm-router" and r["section"] in ("search", "levers", "refine")
+              and r["mode"] != "target"]
+    assert {r["max_leaf_size"] for r in routed} == {args.max_leaf}
     if not args.skip_incremental:
         assert {(r["k"], r["l"]) for r in recs if r["section"] == "ingest"} == {built[0]}
     curve = sorted(r["n_points"] for r in recs if r["section"] == "curve")

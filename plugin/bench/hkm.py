@@ -4,13 +4,15 @@ Sections (each a kind of JSON record, a table in the markdown):
 
 * **search** (one query at a time, what a user's search does; times include all Python overhead):
   exact search on the engine (qdrant-edge, ``exact=True``), the router (intensive, auto, a relaxed
-  ``s2`` sweep, the ``target`` mode when calibrated) on each tree, faiss IVF-Flat over an
+  ``s2`` sweep, a probe ``nprobe`` x ``s2`` grid, the ``target`` mode when calibrated) on each tree, faiss IVF-Flat over an
   nlist x nprobe grid, faiss flat, and the engine's own HNSW over an m x ef grid (its build time beside
   it). Recall@1 (the top hit shares the query's label, the hkm paper's measure), its retention vs exact,
   recall@10 against exact top-10, operands (points scored).
 * **levers**: the same routed leaves scored four ways, to show what each engine setting buys: the
   plain layout with float scoring, the routed layout (principal index + ``optimize()``) with floats,
   and with the int8 copy rescored at two oversampling factors.
+* **refine**: the first tree built as the paper does (``refine=0``) and with flat Lloyd iterations over
+  its leaves (the default), at the same relaxed and probe settings.
 * **batch**: queries/s of ``search_batch`` (100 and 1000 queries) at the cheapest configuration of each
   method reaching each recall target; faiss on 1 thread and on every core.
 * **summary**: per recall target, the fastest configuration of each method and the router's ratios.
@@ -43,6 +45,9 @@ FAISS_NLIST = (64, 128, 256, 512, 1024)
 FAISS_NPROBE = tuple(range(1, 17)) + (20, 24, 32, 48, 64)
 HNSW_M = (8, 16, 32)
 HNSW_EF = (8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 64, 96, 128)
+#: Probe grid: leaves scored x the band on internal nodes (PROBE_S2 bounds routing work; 0.07 for 0.99).
+PROBE_NPROBE = (8, 12, 16, 20, 24, 28, 32, 40, 48, 64, 80, 96, 128)
+PROBE_S2 = (0.05, 0.07)
 TARGETS = (0.95, 0.99)
 BATCHES = (100, 1000)
 SEARCH_METHODS = ("qdrant-edge exact", "hkm-router", "faiss flat (exact)", "faiss IVF-Flat", "qdrant-edge HNSW")
@@ -135,6 +140,7 @@ class Bench:
         self.exact_ms = None
         self.faiss_ivf: dict = {}  # nlist -> trained index, for the batch section
         self.hnsw: dict = {}  # m -> HNSW collection, for the batch section
+        self.max_leaf: int | None = None  # every router's max_leaf_size (None: the paper's tree)
 
     def add(self, section: str, method: str, mode: str, hits, ms, operands=None, route_ms=None, **extra) -> dict:
         """A search record; ``operands`` / ``route_ms`` None: not applicable (null, n/a in tables)."""
@@ -153,7 +159,7 @@ class Bench:
 
 def run(dataset: str, encoder_name: str = "mobilenet_v2", device: str = "auto", n_queries: int = 1000,
         limit: int | None = None, trees=((16, 3), (8, 4), (32, 3)), incremental: bool = True,
-        baselines: bool = True, curve_sizes=(), log=print) -> list[dict]:
+        baselines: bool = True, curve_sizes=(), log=print, max_leaf: int | None = None) -> list[dict]:
     from plugin.encoders import create_encoder
     from plugin.store.edge import EdgeStore
 
@@ -177,7 +183,9 @@ def run(dataset: str, encoder_name: str = "mobilenet_v2", device: str = "auto", 
     log(_header())
     b.add("search", "qdrant-edge exact", "exact", exact_hits, b.exact_ms, [b.n_db] * b.n_q, 0.0, machine=env)
 
+    b.max_leaf = max_leaf
     routers = _router_rows(b, trees, workdir, enc.dim)
+    _refine_rows(b, trees[0], workdir, enc.dim, routers)
     if baselines:
         _faiss_rows(b)
         _hnsw_rows(b, workdir, enc.dim)
@@ -193,8 +201,10 @@ def run(dataset: str, encoder_name: str = "mobilenet_v2", device: str = "auto", 
 
 def _router_rows(b: Bench, trees, workdir: Path, dim: int) -> dict:
     """Every tree (each on its own copy of the collection, so every router stays valid for the later
-    sections): intensive, auto and the relaxed sweep, in the routed layout (int8 copy rescored). The
-    first tree is also scored in the plain layout and with floats (the levers section)."""
+    sections): intensive, auto, the relaxed sweep and the probe grid, in the routed layout (int8 copy
+    rescored). The first tree is also scored in the plain layout and with floats (the levers section).
+    Hits are timed without payloads (``with_payload=False``), as faiss returns ids and the engine's HNSW
+    rows are timed the same way; a payload read adds one ``retrieve`` of the 10 hits."""
     from plugin.router import Router
     from plugin.store.edge import EdgeStore
 
@@ -205,23 +215,57 @@ def _router_rows(b: Bench, trees, workdir: Path, dim: int) -> dict:
         store = EdgeStore(workdir / f"tree-{k}x{l}", dim=dim)
         store.upsert(np.arange(b.n_db), b.dbv, [{"label": int(x), "leaf": -1} for x in b.dbl])
         levers = ti == 0
-        router = Router.build(store, k=k, l=l, relayout=not levers)
+        router = Router.build(store, k=k, l=l, relayout=not levers, max_leaf_size=b.max_leaf)
         if levers:
             _lever_rows(b, router, store, k, l)
         routers[(k, l)] = router
         desc = router.describe()
         b.log(f"# tree k={k} l={l}: {desc['leaves']} leaves, sizes {desc['leaf_size_min']}-{desc['leaf_size_max']}, "
               f"build {router.build_stats['total_s']:.1f}s, routed layout {store.routed_layout}")
-        configs = [("intensive", {}), ("auto", {})] + [("relaxed", {"s2": s}) for s in RELAXED_S2]
+        configs = [("intensive", {}), ("auto", {})] + [("relaxed", {"s2": s}) for s in RELAXED_S2] + \
+            [("probe", {"nprobe": n, "s2": s}) for s in PROBE_S2 for n in PROBE_NPROBE]
+        done = set()
         for mode, params in configs:
-            res, ms = _timed_search(lambda q: router.search(q, k=10, mode=mode, **params), b.qv)
-            rec = b.add("search", "hkm-router", mode, _ids(res), ms, [r.stats["operands"] for r in res],
-                        float(np.mean([r.stats["route_ms"] for r in res])), k=k, l=l, s2=params.get("s2"),
-                        leaves_mean=float(np.mean([len(r.stats["leaves"]) for r in res])), n_leaves=desc["leaves"],
-                        build_s=router.build_stats["total_s"], oversampling=router.oversampling)
-            if mode == "relaxed" and rec["recall_at_10"] >= 0.9995:
-                break
+            if (mode, params.get("s2") if mode == "probe" else None) in done:
+                continue
+            rec = _router_row(b, router, "search", mode, params, k=k, l=l, n_leaves=desc["leaves"],
+                              build_s=router.build_stats["total_s"], refine=router.meta.get("refine"))
+            if mode in ("relaxed", "probe") and rec["recall_at_10"] >= 0.9995:
+                done.add((mode, params.get("s2") if mode == "probe" else None))
     return routers
+
+
+def _router_row(b: Bench, router, section: str, mode: str, params: dict, **extra) -> dict:
+    res, ms = _timed_search(lambda q: router.search(q, k=10, mode=mode, with_payload=False, **params), b.qv)
+    return b.add(section, "hkm-router", mode, _ids(res), ms, [r.stats["operands"] for r in res],
+                 float(np.mean([r.stats["route_ms"] for r in res])), s2=params.get("s2"),
+                 nprobe=params.get("nprobe"), leaves_mean=float(np.mean([len(r.stats["leaves"]) for r in res])),
+                 oversampling=router.oversampling, max_leaf_size=router.meta.get("max_leaf_size"), **extra)
+
+
+#: Configurations compared with and without leaf refinement (the refine section).
+REFINE_CONFIGS = (("relaxed", {"s2": 0.04}), ("relaxed", {"s2": 0.06}), ("probe", {"nprobe": 32, "s2": 0.05}),
+                  ("probe", {"nprobe": 80, "s2": 0.07}))
+
+
+def _refine_rows(b: Bench, tree, workdir: Path, dim: int, routers: dict) -> None:
+    """The first tree built again without leaf refinement (``refine=0``, the paper's tree; same shape,
+    same leaf bound, routed layout) against the refined one, at the same search settings."""
+    from plugin.router import Router
+    from plugin.store.edge import EdgeStore
+
+    k, l = tree
+    if (k, l) not in routers:
+        return
+    store = EdgeStore(workdir / f"tree-{k}x{l}-refine0", dim=dim)
+    store.upsert(np.arange(b.n_db), b.dbv, [{"label": int(x), "leaf": -1} for x in b.dbl])
+    plain = Router.build(store, k=k, l=l, max_leaf_size=b.max_leaf, refine=0)
+    for router in (plain, routers[(k, l)]):
+        for mode, params in REFINE_CONFIGS:
+            _router_row(b, router, "refine", mode, params, k=k, l=l, refine=router.meta.get("refine"),
+                        n_leaves=router.describe()["leaves"], build_s=router.build_stats["total_s"],
+                        layout=f"refine {router.meta.get('refine')}")
+    store.close()
 
 
 def _lever_rows(b: Bench, router, store, k, l) -> None:
@@ -230,10 +274,7 @@ def _lever_rows(b: Bench, router, store, k, l) -> None:
     def rows(label, over):
         router.oversampling = over
         for s2 in (0.03, 0.06):
-            res, ms = _timed_search(lambda q: router.search(q, k=10, mode="relaxed", s2=s2), b.qv)
-            b.add("levers", "hkm-router", "relaxed", _ids(res), ms, [r.stats["operands"] for r in res],
-                  float(np.mean([r.stats["route_ms"] for r in res])), k=k, l=l, s2=s2, layout=label,
-                  oversampling=over)
+            _router_row(b, router, "levers", "relaxed", {"s2": s2}, k=k, l=l, layout=label)
 
     rows("plain, float", None)
     t = time.perf_counter()
@@ -289,7 +330,8 @@ def _hnsw_rows(b: Bench, workdir: Path, dim: int) -> None:
         build_s = time.perf_counter() - t
         b.log(f"# qdrant-edge HNSW m={m} ef_construct=100 build: {build_s:.1f}s")
         for ef in HNSW_EF:
-            res, ms = _timed_search(lambda q: [h.id for h in store.search(q, k=10, hnsw_ef=ef)], b.qv)
+            res, ms = _timed_search(lambda q: [h.id for h in store.search(q, k=10, hnsw_ef=ef, with_payload=False)],
+                                    b.qv)
             rec = b.add("search", "qdrant-edge HNSW", f"hnsw m={m} ef={ef}", res, ms, None, None, hnsw_m=m,
                         hnsw_ef=ef, build_s=build_s)
             if rec["recall_at_10"] >= 0.999:
@@ -339,8 +381,10 @@ def _batch_rows(b: Bench, routers: dict, workdir: Path) -> None:
                 if method == "hkm-router":
                     router = routers[(rec["k"], rec["l"])]
                     params = {"recall": rec["target_recall"]} if rec["mode"] == "target" else \
-                        {"s2": rec["s2"]} if rec["mode"] == "relaxed" else {}
-                    runs.append(("1 core", lambda Q: _ids(router.search_batch(Q, 10, mode=rec["mode"], **params))))
+                        {"s2": rec["s2"]} if rec["mode"] == "relaxed" else \
+                        {"nprobe": rec["nprobe"], "s2": rec["s2"]} if rec["mode"] == "probe" else {}
+                    runs.append(("1 core", lambda Q: _ids(router.search_batch(Q, 10, mode=rec["mode"], with_payload=False,
+                                                                              **params))))
                 elif method == "faiss IVF-Flat":
                     ivf = b.faiss_ivf[rec["nlist"]]
 
@@ -352,7 +396,8 @@ def _batch_rows(b: Bench, routers: dict, workdir: Path) -> None:
                 else:
                     store = b.hnsw[rec["hnsw_m"]]
                     runs.append(("1 core", lambda Q: [[h.id for h in r] for r in
-                                                      store.search_batch(Q, 10, hnsw_ef=rec["hnsw_ef"])]))
+                                                      store.search_batch(Q, 10, hnsw_ef=rec["hnsw_ef"],
+                                                                         with_payload=False)]))
                 for threads, fn in runs:
                     ids, qps = _timed_batches(fn, b.qv, batch)
                     out = {**b.base, "section": "batch", "method": method, "mode": rec["mode"], "config": _config(rec),
@@ -366,7 +411,8 @@ def _batch_rows(b: Bench, routers: dict, workdir: Path) -> None:
 
 def _config(r: dict) -> str:
     if r["method"] == "hkm-router":
-        p = f" s2={r['s2']:g}" if r.get("s2") is not None else ""
+        p = f" nprobe={r['nprobe']}" if r.get("nprobe") is not None else ""
+        p += f" s2={r['s2']:g}" if r.get("s2") is not None else ""
         p += f" recall={r['target_recall']:g}" if r.get("target_recall") is not None else ""
         return f"{r['k']}x{r['l']} {r['mode']}{p}"
     return r["mode"]
@@ -389,12 +435,12 @@ def _ingest_rows(b: Bench, trees, dim: int, workdir: Path) -> None:
     scenarios = {"random +10%": (order[:n0], order[n0:]),
                  f"{len(new_labels)} new classes +{drift.sum() / (~drift).sum():.0%}":
                      (np.flatnonzero(~drift), np.flatnonzero(drift))}
-    modes = [("relaxed", {"s2": 0.03}), ("relaxed", {"s2": 0.06}), ("auto", {})]
+    modes = [("relaxed", {"s2": 0.03}), ("relaxed", {"s2": 0.06}), ("auto", {}), ("probe", {"nprobe": 32, "s2": 0.05})]
     for si, (scenario, (ids0, ids1)) in enumerate(scenarios.items()):
         pl = lambda ii: [{"label": int(b.dbl[i]), "leaf": -1} for i in ii]  # noqa: E731
         store = EdgeStore(workdir / f"inc-{si}", dim=dim)
         store.upsert(ids0, b.dbv[ids0], pl(ids0))
-        router = Router.build(store, k=k, l=l)
+        router = Router.build(store, k=k, l=l, max_leaf_size=b.max_leaf)
         router.assign(b.dbv[ids1[:1]])  # jit warm-up, as in a long-running process
         stats = {"splits": 0, "merges": 0, "reassigned": 0}
         t = time.perf_counter()
@@ -417,13 +463,13 @@ def _ingest_rows(b: Bench, trees, dim: int, workdir: Path) -> None:
         h.optimize()
         hnsw_s = time.perf_counter() - t
         h.close()
-        rebuilt = Router.build(store, k=k, l=l, save=False)
+        rebuilt = Router.build(store, k=k, l=l, save=False, max_leaf_size=b.max_leaf)
         for m, p in modes:
             key = f"{m} {p}"
             reb = _ids([rebuilt.search(q, k=10, mode=m, **p) for q in b.qv])
             rec_inc, rec_reb = _recall10(inc[key], b.exact_top), _recall10(reb, b.exact_top)
             out = {**b.base, "section": "ingest", "method": "incremental", "scenario": scenario, "mode": m,
-                   "s2": p.get("s2"), "k": k, "l": l, "n_initial": len(ids0), "n_added": len(ids1),
+                   "s2": p.get("s2"), "nprobe": p.get("nprobe"), "k": k, "l": l, "n_initial": len(ids0), "n_added": len(ids1),
                    "add_s": add_s, "add_points_per_s": len(ids1) / add_s,
                    "hnsw_upsert_s": upsert_s, "hnsw_upsert_optimize_s": hnsw_s,
                    "hnsw_points_per_s": len(ids1) / hnsw_s, "speedup_vs_hnsw": hnsw_s / add_s,
@@ -515,6 +561,8 @@ def _pct(part, whole) -> float | None:
 def _mode_label(r: dict) -> str:
     if r.get("target_recall") is not None:
         return f"target {r['target_recall']:g}"
+    if r["method"] == "hkm-router" and r.get("nprobe") is not None:
+        return f"probe nprobe={r['nprobe']}" + (f" [{r['layout']}]" if r.get("layout") else "")
     if r.get("layout"):
         return f"{r['mode']} [{r['layout']}]"
     return r["mode"]
@@ -600,6 +648,13 @@ def markdown(records: list[dict]) -> str:
                 "| method | mode | k | l | s2 | R@1 | retention | R@10 | operands | ms/query | route % | speedup |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         out += [_search_line(r, f) for r in lev]
+    ref = [r for r in records if r.get("section") == "refine"]
+    if ref:
+        out += ["", "#### Leaf refinement: the first tree built as the paper does (refine 0) and with flat Lloyd "
+                "iterations over its leaves (refine 4), same searches", "",
+                "| method | mode | k | l | s2 | R@1 | retention | R@10 | operands | ms/query | route % | speedup |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        out += [_search_line(r, f) for r in ref]
     bat = [r for r in records if r.get("section") == "batch"]
     if bat:
         out += ["", "#### Batched search (queries/s)", "", "| recall target | method | configuration | batch | threads "
@@ -612,7 +667,8 @@ def markdown(records: list[dict]) -> str:
                 "HNSW upsert + optimize s | points/s | router faster by | R@10 incremental | R@10 rebuild | gap | "
                 "splits | leaves inc / rebuild |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in inc:
-            out.append(f"| {r['scenario']} | {r['k']} | {r['l']} | {r['mode']} {f(r.get('s2'), 'g')} | {r['n_added']} "
+            knob = (f"nprobe={r['nprobe']} " if r.get("nprobe") else "") + f(r.get("s2"), "g")
+            out.append(f"| {r['scenario']} | {r['k']} | {r['l']} | {r['mode']} {knob} | {r['n_added']} "
                        f"to {r['n_initial']} | {r['add_s']:.2f} | {f(r.get('add_points_per_s'), '.0f')} | "
                        f"{f(r.get('hnsw_upsert_optimize_s'), '.2f')} | {f(r.get('hnsw_points_per_s'), '.0f')} | "
                        f"{f(r.get('speedup_vs_hnsw'), '.1f')}x | {r['recall_at_10_incremental']:.4f} | "
@@ -659,6 +715,9 @@ def plot(records: list[dict], path: str, title: str) -> None:
     tree_color = {t: f"C{i}" for i, t in enumerate(trees)}
     for r in search:
         if r["method"] == "hkm-router":
+            if r["mode"] == "probe":
+                lines.setdefault(f"router {r['k']}x{r['l']} probe s2={r['s2']:g} (nprobe sweep)", []).append(r)
+                continue
             if r["mode"] != "relaxed":
                 marker = {"intensive": "s", "auto": "^", "target": "P"}[r["mode"]]
                 ax.scatter(r["ms_per_query"], r["recall_at_10"], marker=marker, s=40, zorder=3,
@@ -675,8 +734,8 @@ def plot(records: list[dict], path: str, title: str) -> None:
         lines.setdefault(key, []).append(r)
     others = iter(f"C{i}" for i in range(len(trees), 30))
     for key, rs in sorted(lines.items()):
-        rs = sorted(rs, key=lambda r: r.get("s2") or r.get("nprobe") or r.get("hnsw_ef") or 0)  # along the knob
-        style = "o-" if key.startswith("router") else ("d--" if "IVF" in key else "v:")
+        rs = sorted(rs, key=lambda r: r.get("nprobe") or r.get("s2") or r.get("hnsw_ef") or 0)  # along the knob
+        style = ("x-." if "probe" in key else "o-") if key.startswith("router") else ("d--" if "IVF" in key else "v:")
         color = tree_color[(rs[0]["k"], rs[0]["l"])] if key.startswith("router") else next(others)
         ax.plot([r["ms_per_query"] for r in rs], [r["recall_at_10"] for r in rs], style, label=key, ms=4,
                 color=color, lw=2 if key.startswith("router") else 1)
@@ -718,7 +777,8 @@ def main(args) -> int:
     trees = tuple(tuple(int(x) for x in t.lower().split("x")) for t in args.tree.split(","))
     curve = tuple(int(x) for x in args.curve.split(",")) if getattr(args, "curve", None) else ()
     records = run(args.dataset, args.encoder, args.device, args.queries, args.limit, trees,
-                  incremental=not args.skip_incremental, baselines=not args.skip_baselines, curve_sizes=curve)
+                  incremental=not args.skip_incremental, baselines=not args.skip_baselines, curve_sizes=curve,
+                  max_leaf=getattr(args, "max_leaf", None))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text("\n".join(json.dumps(r) for r in records) + "\n")
