@@ -152,6 +152,8 @@ def cmd_search(args) -> int:
             params["s2"] = args.s2
         if args.recall is not None:
             params["recall"] = args.recall
+        if args.nprobe is not None:
+            params["nprobe"] = args.nprobe
         if router is not None:
             hits = router.search(vec, k=args.k, mode=args.mode, within=args.within, **params)
             stats = hits.stats
@@ -184,7 +186,8 @@ def cmd_build(args) -> int:
             return 0
         router = Router.build(store, k="auto" if args.shape == "auto" else args.branching, l=args.levels,
                               max_leaf_size=args.max_leaf_size, min_leaf_size=args.min_leaf_size, seed=args.seed,
-                              shape_recall=args.shape_recall)
+                              shape_recall=args.shape_recall,
+                              **({} if args.refine is None else {"refine": args.refine}))
         shape = router.build_stats.pop("shape", None)
         print(json.dumps({**router.describe(), **{k: round(v, 2) for k, v in router.build_stats.items()},
                           **({"shape": router.meta["shape"]} if shape else {})}))
@@ -391,11 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--id", type=int, help="id of a stored point")
     q.add_argument("--sample", help="LOADER:INDEX, e.g. fashion-mnist:train:17")
     p.add_argument("-k", type=int, default=10)
-    p.add_argument("--mode", default="auto", help="exact | intensive | relaxed | auto | target | weighted | "
+    p.add_argument("--mode", default="auto", help="exact | intensive | relaxed | auto | probe | target | weighted | "
                    "category_first | semantic "
                    "(all but exact need `build`)")
     p.add_argument("--s1", type=float, default=None, help="relaxed search: absolute distance threshold (default: off; its scale depends on the metric)")
-    p.add_argument("--s2", type=float, default=None, help="relaxed search: threshold relative to the best node")
+    p.add_argument("--s2", type=float, default=None, help="relaxed / probe search: threshold relative to the best node")
+    p.add_argument("--nprobe", type=int, default=None, help="probe search: leaves scored (the nearest reached)")
     p.add_argument("--recall", type=float, default=None,
                    help="target search: mean recall@10 target (needs `hsearch calibrate`)")
     p.add_argument("--query-class", default=None, metavar="WNID",
@@ -416,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: choose k, l and max leaf size from a cost model measured on this machine "
                         "(ignores -k/-l; prints the relaxed s2 that reaches --shape-recall)")
     p.add_argument("--shape-recall", type=float, default=0.95, help="recall@10 target of --shape auto")
+    p.add_argument("--refine", type=int, default=None, help="flat Lloyd iterations over the leaves after the "
+                   "top-down build (default 4, plugin.router.router.REFINE_ITERS; 0: the paper's tree as built)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--if-missing", action="store_true", help="do nothing if a router is already built")
     p.set_defaults(func=cmd_build)

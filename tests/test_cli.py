@@ -156,10 +156,11 @@ def test_bench_hkm_writes_records(capsys, tmp_path, monkeypatch):
     recs = [json.loads(l) for l in out_json.read_text().splitlines()]
     need = {"mode", "k", "l", "s1", "s2", "n_db", "n_queries", "recall_at_1", "recall_at_1_exact", "retention",
             "recall_at_10", "operands_mean", "operands_frac", "ms_per_query", "exact_ms_per_query", "speedup"}
-    searches = [r for r in recs if r["section"] in ("search", "levers")]
+    searches = [r for r in recs if r["section"] in ("search", "levers", "refine")]
     assert all(need <= set(r) for r in searches)
     router = [r for r in searches if r["method"] == "hkm-router"]
-    assert {r["mode"] for r in router} == {"intensive", "auto", "relaxed", "target"}
+    assert {r["mode"] for r in router} == {"intensive", "auto", "relaxed", "probe", "target"}
+    assert {r["refine"] for r in router if r["section"] == "refine"} == {0, 4}
     assert {r["layout"] for r in router if r["section"] == "levers"} >= {"plain, float", "routed, int8 x2"}
     assert all(r["n_db"] == 600 and r["n_queries"] == 20 for r in recs)
     assert out_png.stat().st_size > 10_000

@@ -185,12 +185,12 @@ def run(dataset: str, encoder_name: str = "mobilenet_v2", device: str = "auto", 
 
     b.max_leaf = max_leaf
     routers = _router_rows(b, trees, workdir, enc.dim)
-    _refine_rows(b, trees[0], workdir, enc.dim, routers)
     if baselines:
         _faiss_rows(b)
         _hnsw_rows(b, workdir, enc.dim)
     _target_rows(b, routers)
     _batch_rows(b, routers, workdir)
+    _refine_rows(b, trees[0], workdir, enc.dim, routers)
     if incremental:
         _ingest_rows(b, trees, enc.dim, workdir)
     store.close()
@@ -259,8 +259,9 @@ def _refine_rows(b: Bench, tree, workdir: Path, dim: int, routers: dict) -> None
         return
     store = EdgeStore(workdir / f"tree-{k}x{l}-refine0", dim=dim)
     store.upsert(np.arange(b.n_db), b.dbv, [{"label": int(x), "leaf": -1} for x in b.dbl])
-    plain = Router.build(store, k=k, l=l, max_leaf_size=b.max_leaf, refine=0)
-    for router in (plain, routers[(k, l)]):
+    for router in (routers[(k, l)], None):
+        if router is None:  # built after the refined rows ran: each router is searched right after its build
+            router = Router.build(store, k=k, l=l, max_leaf_size=b.max_leaf, refine=0)
         for mode, params in REFINE_CONFIGS:
             _router_row(b, router, "refine", mode, params, k=k, l=l, refine=router.meta.get("refine"),
                         n_leaves=router.describe()["leaves"], build_s=router.build_stats["total_s"],
