@@ -82,14 +82,18 @@ def test_build_and_routed_search(capsys, store_dir):
     code, _, err = run(capsys, "search", "--store", store_dir, "--collection", "fm", "--sample",
                        "fashion-mnist:train:0", "--mode", "relaxed")
     assert code == 2 and "needs a router" in err
-    code, out, _ = run(capsys, "build", "--store", store_dir, "--collection", "fm", "-k", "3", "-l", "3")
+    code, out, _ = run(capsys, "build", "--store", store_dir, "--collection", "fm", "-k", "3", "-l", "3",
+                       "--refine", "2")
     assert code == 0 and '"leaves": ' in out
     code, out, _ = run(capsys, "build", "--store", store_dir, "--collection", "fm", "--if-missing")
     assert code == 0 and '"router": "exists"' in out
-    for mode in ("exact", "intensive", "relaxed", "auto"):
+    for mode in ("exact", "intensive", "relaxed", "auto", "probe"):
         code, out, _ = run(capsys, "search", "--store", store_dir, "--collection", "fm", "--sample",
                            "fashion-mnist:train:0", "-k", "3", "--mode", mode)
         assert code == 0 and f'"mode": "{mode}"' in out and '"operands": ' in out
+    code, out, _ = run(capsys, "search", "--store", store_dir, "--collection", "fm", "--sample",
+                       "fashion-mnist:train:0", "-k", "3", "--mode", "probe", "--nprobe", "2", "--s2", "1.0")
+    assert code == 0 and '"nprobe": 2' in out and '"n_leaves": 2' in out
     footwear = {"sandal", "gym", "boot"}  # "gym shoe" splits in two columns
     for mode in ("exact", "relaxed"):
         code, out, _ = run(capsys, "search", "--store", store_dir, "--collection", "fm", "--sample",

@@ -211,8 +211,8 @@ class EdgeStore(Store):
                 new.update(qe.UpdateOperation.create_field_index(name, dtype))
             for s in range(0, len(order), batch_size):
                 chunk = order[s:s + batch_size]
-                new.update(qe.UpdateOperation.upsert_points([qe.Point(int(ids[i]), vecs[i], payloads[i])
-                                                             for i in chunk]))
+                new.update(qe.UpdateOperation.upsert_points([
+                    qe.Point(int(ids[i]), array.array("f", vecs[i].tobytes()), payloads[i]) for i in chunk]))
             new.optimize()
             new.flush()
         finally:
@@ -277,7 +277,9 @@ class EdgeStore(Store):
     # ---- primitives ---------------------------------------------------------------------------
     def _upsert(self, ids, vectors, payloads):
         qe = _qe()
-        pts = [qe.Point(int(i), v, p) for i, v, p in zip(ids, vectors, payloads)]
+        # ``array('f')`` rows: the binding reads a numpy row element by element (56 us per 1280-d point,
+        # measured), a list of floats in 26 us, an array('f') in 18 us.
+        pts = [qe.Point(int(i), array.array("f", v.tobytes()), p) for i, v, p in zip(ids, vectors, payloads)]
         self._shard.update(qe.UpdateOperation.upsert_points(pts))
 
     def _delete(self, ids):

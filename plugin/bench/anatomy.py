@@ -1,0 +1,191 @@
+"""Where one routed query's time goes, against faiss IVF-Flat and the engine's HNSW at the same recall.
+
+    python -m plugin.bench.anatomy --json docs/results/anatomy-fashion-mnist.json --md docs/results/anatomy-fashion-mnist.md
+
+``bench hkm`` times whole searches; this takes one router configuration and one configuration of each
+baseline reaching recall@10 >= ``--recall`` on 60k Fashion-MNIST and times the layers of a query one by
+one, in the same process, on the same 1000 test queries (each layer best of ``--passes`` interleaved
+passes, since a 2-vCPU VM drifts):
+
+* the router: ``router.search`` whole; routing alone (``router.route``); the store call with the leaf
+  filter already made (``store.search_batch``); the engine's ``query`` with every request object built
+  beforehand (what the engine itself costs for these points); the same request filtered to no point
+  (the fixed cost of any engine call); building the request objects alone;
+* the engine's HNSW: ``store.search`` and the engine's ``query`` with prebuilt requests;
+* faiss IVF-Flat: ``index.search`` (its Python call included).
+
+The router and HNSW configurations are the cheapest of small sweeps here (``--nprobe`` x ``--s2``,
+``--ef``); faiss the cheapest ``nprobe`` of an nlist-1024 index, the list count ``bench hkm`` found
+fastest at 0.95. Records are one JSON object per line.
+"""
+from __future__ import annotations
+
+import argparse
+import array
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _best_ms(fns: dict, n: int, passes: int) -> dict:
+    """Per callable ``fn(i)``: the best over interleaved passes of the mean ms over ``i`` in range(n)."""
+    best = {name: float("inf") for name in fns}
+    for _ in range(passes):
+        for name, fn in fns.items():
+            for i in range(min(n, 20)):  # warm-up
+                fn(i)
+            t = time.perf_counter()
+            for i in range(n):
+                fn(i)
+            best[name] = min(best[name], (time.perf_counter() - t) / n * 1e3)
+    return best
+
+
+def _recall(ids, truth) -> float:
+    return float(np.mean([len(set(a[:10]) & t) / 10 for a, t in zip(ids, truth)]))
+
+
+def run(limit=None, n_queries=1000, recall=0.95, tree=(16, 3), max_leaf=150, nprobes=(24, 28, 32, 40, 48),
+        s2s=(0.05, 0.07), efs=(12, 16, 20, 24, 32), passes=3, log=print) -> list[dict]:
+    import faiss
+    import qdrant_edge as qe
+
+    from plugin.bench.hkm import load_dataset, machine
+    from plugin.encoders import create_encoder
+    from plugin.router import Router
+    from plugin.store.base import Filter, translate_filter
+    from plugin.store.edge import EdgeStore
+
+    enc = create_encoder("mobilenet_v2", device="cpu")
+    dbv, dbl, qv, _ = load_dataset("fashion-mnist", enc, limit, n_queries)
+    n = len(qv)
+    unit = dbv / np.linalg.norm(dbv, axis=1, keepdims=True)
+    qn = qv / np.linalg.norm(qv, axis=1, keepdims=True)
+    truth = [set(np.argsort(-(unit @ q))[:10].tolist()) for q in qn]
+    env = machine()
+    log(f"# anatomy: {len(dbv)} points, {n} queries, recall@10 >= {recall}; machine {json.dumps(env)}")
+    work = Path(tempfile.mkdtemp(prefix="hsearch-anatomy-"))
+    base = {"dataset": "fashion-mnist", "n_db": len(dbv), "n_queries": n, "recall_target": recall}
+    records = []
+
+    def pick(name, configs, search):
+        """The cheapest config whose recall reaches the target (one timed pass each)."""
+        ok = []
+        for cfg in configs:
+            ids = [search(q, cfg) for q in qv]
+            rec = _recall(ids, truth)
+            ms = _best_ms({"x": lambda i: search(qv[i], cfg)}, n, 1)["x"]
+            log(f"{name} {cfg}: recall@10 {rec:.4f}, {ms:.3f} ms")
+            if rec >= recall:
+                ok.append((ms, cfg, rec))
+        if not ok:
+            raise SystemExit(f"{name}: no configuration reaches recall@10 {recall}")
+        return min(ok, key=lambda x: x[0])
+
+    # the router
+    store = EdgeStore(work / "router", dim=enc.dim)
+    store.upsert(np.arange(len(dbv)), dbv, [{"label": int(x), "leaf": -1} for x in dbl])
+    router = Router.build(store, k=tree[0], l=tree[1], max_leaf_size=max_leaf)
+    _, (nprobe, s2), r_rec = pick("router probe", [(p, s) for s in s2s for p in nprobes], lambda q, c: [
+        h.id for h in router.search(q, k=10, mode="probe", nprobe=c[0], s2=c[1], with_payload=False)])
+    leaves = [router.route(q, mode="probe", nprobe=nprobe, s2=s2)[0] for q in qv]
+    filters = [Filter(leaf_in=tuple(lv.tolist()) + (-1,)) for lv in leaves]
+    qprep = router.prepare_queries(qv)
+    params = qe.SearchParams(exact=False, quantization=qe.QuantizationSearchParams(
+        rescore=True, oversampling=router.oversampling))
+
+    def request(i, f):
+        return qe.QueryRequest(limit=10, query=qe.Query.Nearest(array.array("f", qprep[i].tobytes())),
+                               filter=translate_filter(qe, f), with_payload=False, params=params)
+
+    prebuilt = [request(i, filters[i]) for i in range(n)]
+    nothing = [request(i, Filter(leaf_in=(-12345,))) for i in range(n)]
+    shard = store._shard
+    points = float(np.mean([router.flat.leaf_counts[lv].sum() for lv in leaves]))
+
+    # the engine's HNSW
+    hstore = EdgeStore(work / "hnsw", dim=enc.dim, hnsw_m=16)
+    hstore.upsert(np.arange(len(dbv)), dbv, [{"label": int(x)} for x in dbl])
+    hstore.optimize()
+    _, ef, h_rec = pick("hnsw m=16 ef", efs, lambda q, e: [h.id for h in hstore.search(q, k=10, hnsw_ef=e,
+                                                                                       with_payload=False)])
+    hparams = qe.SearchParams(hnsw_ef=ef)
+    hprebuilt = [qe.QueryRequest(limit=10, query=qe.Query.Nearest(array.array("f", qv[i].astype(np.float32).tobytes())),
+                                 with_payload=False, params=hparams) for i in range(n)]
+
+    # faiss IVF-Flat, one thread like the engine
+    faiss.omp_set_num_threads(1)
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(enc.dim), enc.dim, 1024, faiss.METRIC_INNER_PRODUCT)
+    ivf.train(dbv)
+    ivf.add(dbv)
+
+    def fsearch(q, p):
+        ivf.nprobe = p
+        return ivf.search(q[None], 10)[1][0].tolist()
+
+    _, fprobe, f_rec = pick("faiss ivf1024 nprobe", (10, 12, 14, 15, 16, 18, 20), fsearch)
+    ivf.nprobe = fprobe
+
+    layers = {
+        ("router", "router.search (whole)"): lambda i: router.search(qv[i], k=10, mode="probe", nprobe=nprobe,
+                                                                     s2=s2, with_payload=False),
+        ("router", "routing alone (router.route)"): lambda i: router.route(qv[i], mode="probe", nprobe=nprobe, s2=s2),
+        ("router", "store.search_batch, leaf filter made"): lambda i: store.search_batch(
+            qprep[i:i + 1], 10, filter=[filters[i]], exact=True, oversampling=router.oversampling,
+            with_payload=False),
+        ("router", "engine query, request prebuilt"): lambda i: shard.query(prebuilt[i]),
+        ("router", "engine query matching no point"): lambda i: shard.query(nothing[i]),
+        ("router", "building the request objects"): lambda i: request(i, filters[i]),
+        ("hnsw", "store.search (whole)"): lambda i: hstore.search(qv[i], k=10, hnsw_ef=ef, with_payload=False),
+        ("hnsw", "engine query, request prebuilt"): lambda i: hstore._shard.query(hprebuilt[i]),
+        ("faiss", "index.search (whole)"): lambda i: ivf.search(qv[i:i + 1], 10),
+    }
+    best = _best_ms(layers, n, passes)
+    configs = {"router": f"{tree[0]}x{tree[1]} max leaf {max_leaf}, probe nprobe={nprobe} s2={s2:g}, "
+                         f"{points:.0f} points ({points / len(dbv):.2%})",
+               "hnsw": f"m=16 ef={ef}", "faiss": f"IVF-Flat nlist=1024 nprobe={fprobe}"}
+    recalls = {"router": r_rec, "hnsw": h_rec, "faiss": f_rec}
+    for (method, layer), ms in best.items():
+        rec = {**base, "method": method, "config": configs[method], "recall_at_10": recalls[method],
+               "layer": layer, "ms_per_query": ms, **({"machine": env} if not records else {})}
+        records.append(rec)
+        log(f"{method:<7} {layer:<40} {ms:7.3f} ms")
+    for s in (store, hstore):
+        s.close()
+    return records
+
+
+def markdown(records: list[dict]) -> str:
+    r0 = records[0]
+    out = [f"### Anatomy of one query: {r0['n_db']} Fashion-MNIST points, {r0['n_queries']} queries, "
+           f"recall@10 >= {r0['recall_target']}", "",
+           f"Machine: {', '.join(f'{k} {v}' for k, v in r0['machine'].items())}.", "",
+           "| method | configuration | recall@10 | layer | ms/query |", "|---|---|---|---|---|"]
+    for r in records:
+        out.append(f"| {r['method']} | {r['config']} | {r['recall_at_10']:.4f} | {r['layer']} | "
+                   f"{r['ms_per_query']:.3f} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--recall", type=float, default=0.95)
+    p.add_argument("--passes", type=int, default=3)
+    p.add_argument("--json", default=None)
+    p.add_argument("--md", default=None)
+    args = p.parse_args(argv)
+    records = run(args.limit, args.queries, args.recall, passes=args.passes)
+    if args.json:
+        Path(args.json).write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    if args.md:
+        Path(args.md).write_text(markdown(records))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
