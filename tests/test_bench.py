@@ -109,3 +109,17 @@ def test_cheapest_and_summary_pick_the_fastest_row_reaching_the_target():
     assert s95["router_vs_qdrant-edge HNSW"] == pytest.approx(0.20 / 0.25)
     assert s99["hkm-router"]["config"] == "16x3 relaxed s2=0.05" and s99["router_vs_qdrant-edge HNSW"] is None
     assert retention_row(recs)["ms_per_query"] == 0.10  # levers rows and other methods do not count
+
+
+def test_committed_anatomy_is_its_records_and_the_makefile_arguments():
+    """docs/results/anatomy-fashion-mnist.md is ``plugin.bench.anatomy.markdown`` of the committed records,
+    made with the recall target `make bench-anatomy` passes; every method has its whole-search row."""
+    from plugin.bench import anatomy
+
+    recs = read_records(RESULTS / "anatomy-fashion-mnist.json")
+    assert (RESULTS / "anatomy-fashion-mnist.md").read_text() == anatomy.markdown(recs)
+    line = next(line for line in (ROOT / "Makefile").read_text().splitlines() if "plugin.bench.anatomy" in line)
+    argv = shlex.split(line.split(";", 1)[-1])
+    assert {r["recall_target"] for r in recs} == {float(argv[argv.index("--recall") + 1])}
+    assert {r["method"] for r in recs if "whole" in r["layer"]} == {"router", "hnsw", "faiss"}
+    assert all(r["recall_at_10"] >= r["recall_target"] for r in recs)

@@ -104,9 +104,9 @@ def available_modes() -> list[str]:
     return sorted(MODES)
 
 #: Relaxed-search default, chosen on Fashion-MNIST 60k / MobileNetV2 (docs/results/hkm-fashion-mnist.md,
-#: rows ``relaxed s2=0.04``): on the 16x3, 8x4 and 32x3 trees it keeps >= 99.7% of exact Recall@1, with
-#: recall@10 0.945 (8x4) to 0.961 (16x3) on 2.2-3.7% of the points. Higher recall costs more points:
-#: s2=0.06 gives recall@10 0.986-0.992 on 4.6-6.8%.
+#: rows ``relaxed s2=0.04``, trees built with max leaf 150 and refined leaves): on the 16x3, 8x4 and 32x3
+#: trees it keeps >= 99.3% of exact Recall@1, with recall@10 0.926 (16x3) to 0.944 (32x3) on 1.4-1.9% of
+#: the points. Higher recall costs more points: s2=0.06 gives recall@10 0.981-0.988 on 3.3-4.2%.
 RELAXED_S2 = 0.04
 
 
@@ -169,7 +169,8 @@ def auto(ctx, Q):
     return _tree_route(ctx, Q, kernels.AUTO)
 
 
-#: Probe defaults: see the ``probe`` rows of docs/results/hkm-fashion-mnist.md.
+#: Probe defaults: on the same three trees (docs/results/hkm-fashion-mnist.md, rows ``probe nprobe=32``,
+#: s2 0.05) recall@10 0.954 (16x3), 0.967 (8x4), 0.978 (32x3) on 1.3-2.7% of the points.
 PROBE_NPROBE, PROBE_S2 = 32, 0.05
 
 
@@ -179,10 +180,10 @@ def probe(ctx, Q, nprobe=PROBE_NPROBE, s2=PROBE_S2):
     ``nprobe`` nearest leaves met on the way.
 
     Not in the hkm paper. A count of leaves (faiss' ``nprobe``) where relaxed keeps a distance band at
-    the leaves as well: measured on 60k Fashion-MNIST over the same leaves, ranking the leaves reached
-    by centroid distance and taking a count reaches recall@10 0.95 on fewer points than any band
-    (the ``probe`` rows of docs/results/hkm-fashion-mnist.md). ``s2`` bounds the routing work; past
-    about 0.07 it only adds centroid distances.
+    the leaves as well: on 60k Fashion-MNIST over the same 16x3 leaves, nprobe=32 reaches recall@10
+    0.954 on 1.29% of the points, where relaxed needs 1.76% (s2=0.045, 0.949), and it was the fastest
+    router row at recall@10 >= 0.95 and >= 0.99 (docs/results/hkm-fashion-mnist.md). ``s2`` bounds
+    the routing work: 0.05 for recall 0.95, 0.07 for 0.99.
     """
     if isinstance(nprobe, bool) or int(nprobe) != nprobe or nprobe < 1:
         raise RouterError(f"probe search: nprobe must be an integer >= 1, got {nprobe!r}")
