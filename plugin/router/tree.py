@@ -442,14 +442,17 @@ def refine_leaves(tree: Tree, x: np.ndarray, assign: np.ndarray, iters: int) -> 
     nodes = np.asarray([tree.leaf_node[int(v)] for v in lids], np.int64)
     cur = np.searchsorted(lids, assign)
     cents = tree.centroids[nodes].astype(np.float32)
-    x64 = np.asarray(x, np.float64)
 
     def leaf_sums(cur):
+        """Per-leaf float64 sums through a sparse (leaf x point) product over blocks of rows: never a
+        float64 copy of every vector (10 GB at a million 1280-d points)."""
+        from scipy.sparse import csr_matrix
+
         counts = np.bincount(cur, minlength=len(lids))
-        order = np.argsort(cur, kind="stable")
-        filled = np.flatnonzero(counts)
+        member = csr_matrix((np.ones(len(cur)), (cur, np.arange(len(cur)))), shape=(len(lids), len(cur)))
         sums = np.zeros((len(lids), x.shape[1]), np.float64)
-        sums[filled] = np.add.reduceat(x64[order], np.searchsorted(cur[order], filled), axis=0)
+        for s in range(0, len(cur), REFINE_BLOCK * 16):  # float64 sums, a block of rows converted at a time
+            sums += member[:, s:s + REFINE_BLOCK * 16] @ np.asarray(x[s:s + REFINE_BLOCK * 16], np.float64)
         return sums, counts
 
     for _ in range(int(iters)):
