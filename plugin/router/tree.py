@@ -168,10 +168,9 @@ class Tree:
             self.add_sum(node, vecs.sum(axis=0, dtype=np.float64) * sign, sign * len(vecs))
 
     def add_to_leaves(self, vecs: np.ndarray, lids: np.ndarray, sign: int = 1) -> list[int]:
-        """Vectorised :meth:`add_vectors` for points of many leaves: one sum per leaf, added to every
-        ancestor through one sparse (ancestor x leaf) product (a walk up per leaf in Python cost 20 us
-        a leaf, and ``np.add.at`` as much again: most of ``router.add``'s tree work at 5k points).
-        Leaf ids the tree does not know are ignored; returns the known leaves touched."""
+        """Vectorised :meth:`add_vectors` for points of many leaves: one sum per leaf, added up the tree by
+        :meth:`add_leaf_sums`. Leaf ids the tree does not know are ignored; returns the known leaves
+        touched."""
         lids = np.asarray(lids, np.int64)
         if len(lids) == 0:
             return []
@@ -179,22 +178,30 @@ class Tree:
         uniq, starts = np.unique(lids[order], return_index=True)
         sums = np.add.reduceat(np.asarray(vecs, np.float64)[order], starts, axis=0)
         sizes = np.diff(np.append(starts, len(lids)))
-        known = [i for i, lid in enumerate(uniq.tolist()) if lid in self.leaf_node]
+        known = np.fromiter((lid in self.leaf_node for lid in uniq.tolist()), bool, count=len(uniq))
+        self.add_leaf_sums(uniq[known], sums[known], sizes[known], sign)
+        return uniq[known].tolist()
+
+    def add_leaf_sums(self, lids: np.ndarray, sums: np.ndarray, sizes: np.ndarray, sign: int = 1) -> None:
+        """Add per-leaf vector sums and point counts (``sign=-1``: remove them) to the live leaves ``lids``
+        and every ancestor, through one sparse (ancestor x leaf) product; centroids of the nodes touched
+        follow. A walk up per leaf in Python cost 20 us a leaf, and ``np.add.at`` as much again: most of
+        ``router.add``'s tree work at 5k points."""
         rows, nodes = [], []
-        for i in known:
-            path = self.path(self.leaf_node[int(uniq[i])])
+        for i, lid in enumerate(np.asarray(lids).tolist()):
+            path = self.path(self.leaf_node[lid])
             nodes += path
             rows += [i] * len(path)
-        if nodes:
-            from scipy.sparse import csr_matrix
+        if not nodes:
+            return
+        from scipy.sparse import csr_matrix
 
-            touched, at = np.unique(np.asarray(nodes, np.int64), return_inverse=True)
-            up = csr_matrix((np.ones(len(nodes)), (at, np.asarray(rows, np.int64))), shape=(len(touched), len(uniq)))
-            self._sums[touched] += (up @ sums) * sign
-            self._counts[touched] += np.rint(up @ sizes.astype(np.float64)).astype(np.int64) * sign
-            filled = touched[self._counts[touched] > 0]
-            self._centroids[filled] = (self._sums[filled] / self._counts[filled, None]).astype(np.float32)
-        return [int(uniq[i]) for i in known]
+        touched, at = np.unique(np.asarray(nodes, np.int64), return_inverse=True)
+        up = csr_matrix((np.ones(len(nodes)), (at, np.asarray(rows, np.int64))), shape=(len(touched), len(lids)))
+        self._sums[touched] += (up @ sums) * sign
+        self._counts[touched] += np.rint(up @ np.asarray(sizes, np.float64)).astype(np.int64) * sign
+        filled = touched[self._counts[touched] > 0]
+        self._centroids[filled] = (self._sums[filled] / self._counts[filled, None]).astype(np.float32)
 
     def compact(self) -> bool:
         """Drop nodes no longer reachable from the root (left by merges); node ids are renumbered, leaf
@@ -455,6 +462,7 @@ def refine_leaves(tree: Tree, x: np.ndarray, assign: np.ndarray, iters: int) -> 
             sums += member[:, s:s + REFINE_BLOCK * 16] @ np.asarray(x[s:s + REFINE_BLOCK * 16], np.float64)
         return sums, counts
 
+    sums = counts = None  # of ``cur``, once a move made them stale
     for _ in range(int(iters)):
         c = cents / np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12) if tree.metric == "cosine" \
             else cents
@@ -465,14 +473,14 @@ def refine_leaves(tree: Tree, x: np.ndarray, assign: np.ndarray, iters: int) -> 
         sums, counts = leaf_sums(cur)
         filled = counts > 0
         cents[filled] = (sums[filled] / counts[filled, None]).astype(np.float32)
-    sums, counts = leaf_sums(cur)
+    if sums is None:
+        sums, counts = leaf_sums(cur)
     tree.sums[:] = 0
     tree.counts[:] = 0
-    for i, node in enumerate(nodes.tolist()):
-        tree.centroids[node] = cents[i]
-        if counts[i]:
-            tree.add_sum(node, sums[i], int(counts[i]))
-        tree.born[node] = counts[i]
+    tree.centroids[nodes] = cents
+    tree.born[nodes] = counts
+    filled = counts > 0
+    tree.add_leaf_sums(lids[filled], sums[filled], counts[filled])
     return lids[cur]
 
 
