@@ -97,6 +97,8 @@ class Router:
         auto = isinstance(k, str)
         if auto and k != "auto":
             raise RouterError(f"k must be an integer >= 2 or 'auto', got {k!r}")
+        if int(refine) != refine or refine < 0:
+            raise RouterError(f"refine must be an integer >= 0, got {refine!r}")
         # explicit maintenance bounds hold from the start: the build splits / folds leaves to them
         max_leaf_size = max_leaf_size or split_bound
         min_leaf_size = min_leaf_size or merge_bound
@@ -114,8 +116,6 @@ class Router:
                                                      costs=measure_costs(store))
             max_leaf_size = max_leaf_size or chosen_max
             check_build_params(n, k, l, metric, max_leaf_size, min_leaf_size)
-        if int(refine) != refine or refine < 0:
-            raise RouterError(f"refine must be an integer >= 0, got {refine!r}")
         tree, assign = build_tree(vecs, k, l, metric, max_leaf_size, min_leaf_size, seed, refine=int(refine))
         base = _next_free_leaf_id(store)
         if base:
@@ -305,10 +305,9 @@ class Router:
         without their leaf routing."""
         filters = []
         for p in probes:
-            f = p.filter if restrict is None else _and(p.filter, restrict)
+            f = _and(p.filter, restrict)
             if p.leaves is not None:
-                routed = Filter(leaf_in=tuple(p.leaves.tolist()) + (UNFILED,))
-                f = routed if f is None else _and(routed, f)
+                f = _and(Filter(leaf_in=tuple(p.leaves.tolist()) + (UNFILED,)), f)
             filters.append(f)
         hits: list = [None] * len(probes)
         groups: dict[tuple[int, bool], list[int]] = {}
