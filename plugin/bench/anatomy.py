@@ -44,16 +44,12 @@ def _best_ms(fns: dict, n: int, passes: int) -> dict:
     return best
 
 
-def _recall(ids, truth) -> float:
-    return float(np.mean([len(set(a[:10]) & t) / 10 for a, t in zip(ids, truth)]))
-
-
 def run(limit=None, n_queries=1000, recall=0.95, tree=(16, 3), max_leaf=150, nprobes=(24, 28, 32, 40, 48),
         s2s=(0.05, 0.07), efs=(12, 16, 20, 24, 32), passes=3, log=print) -> list[dict]:
     import faiss
     import qdrant_edge as qe
 
-    from plugin.bench.hkm import load_dataset, machine
+    from plugin.bench.hkm import _recall10, load_dataset, machine
     from plugin.encoders import create_encoder
     from plugin.router import Router
     from plugin.store.base import Filter, translate_filter
@@ -64,7 +60,7 @@ def run(limit=None, n_queries=1000, recall=0.95, tree=(16, 3), max_leaf=150, npr
     n = len(qv)
     unit = dbv / np.linalg.norm(dbv, axis=1, keepdims=True)
     qn = qv / np.linalg.norm(qv, axis=1, keepdims=True)
-    truth = [set(np.argsort(-(unit @ q))[:10].tolist()) for q in qn]
+    truth = [np.argsort(-(unit @ q))[:10].tolist() for q in qn]
     env = machine()
     log(f"# anatomy: {len(dbv)} points, {n} queries, recall@10 >= {recall}; machine {json.dumps(env)}")
     work = Path(tempfile.mkdtemp(prefix="hsearch-anatomy-"))
@@ -76,7 +72,7 @@ def run(limit=None, n_queries=1000, recall=0.95, tree=(16, 3), max_leaf=150, npr
         ok = []
         for cfg in configs:
             ids = [search(q, cfg) for q in qv]
-            rec = _recall(ids, truth)
+            rec = _recall10(ids, truth)
             ms = _best_ms({"x": lambda i: search(qv[i], cfg)}, n, 1)["x"]
             log(f"{name} {cfg}: recall@10 {rec:.4f}, {ms:.3f} ms")
             if rec >= recall:

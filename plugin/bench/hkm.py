@@ -130,7 +130,7 @@ def _ids(res) -> list[list[int]]:
 class Bench:
     """One run's data, its exact ground truth and its records."""
 
-    def __init__(self, dataset, enc_name, dbv, dbl, qv, ql, log):
+    def __init__(self, dataset, enc_name, dbv, dbl, qv, ql, log, max_leaf: int | None = None):
         self.dbv, self.dbl, self.qv, self.ql, self.log = dbv, dbl, qv, ql, log
         self.n_db, self.n_q = len(dbv), len(qv)
         self.base = {"dataset": dataset, "encoder": enc_name, "n_db": self.n_db, "n_queries": self.n_q}
@@ -140,7 +140,7 @@ class Bench:
         self.exact_ms = None
         self.faiss_ivf: dict = {}  # nlist -> trained index, for the batch section
         self.hnsw: dict = {}  # m -> HNSW collection, for the batch section
-        self.max_leaf: int | None = None  # every router's max_leaf_size (None: the paper's tree)
+        self.max_leaf = max_leaf  # every router's max_leaf_size (None: the paper's tree)
 
     def add(self, section: str, method: str, mode: str, hits, ms, operands=None, route_ms=None, **extra) -> dict:
         """A search record; ``operands`` / ``route_ms`` None: not applicable (null, n/a in tables)."""
@@ -165,7 +165,7 @@ def run(dataset: str, encoder_name: str = "mobilenet_v2", device: str = "auto", 
 
     enc = create_encoder(encoder_name, device=device)
     dbv, dbl, qv, ql = load_dataset(dataset, enc, limit, n_queries)
-    b = Bench(dataset, enc.name, dbv, dbl, qv, ql, log)
+    b = Bench(dataset, enc.name, dbv, dbl, qv, ql, log, max_leaf)
     env = machine()
     log(f"# {dataset}: {b.n_db} database vectors, {b.n_q} queries, {enc.name} {enc.dim}-d")
     log(f"# machine: {json.dumps(env)}")
@@ -183,7 +183,6 @@ def run(dataset: str, encoder_name: str = "mobilenet_v2", device: str = "auto", 
     log(_header())
     b.add("search", "qdrant-edge exact", "exact", exact_hits, b.exact_ms, [b.n_db] * b.n_q, 0.0, machine=env)
 
-    b.max_leaf = max_leaf
     routers = _router_rows(b, trees, workdir, enc.dim)
     if baselines:
         _faiss_rows(b)
@@ -259,13 +258,15 @@ def _refine_rows(b: Bench, tree, workdir: Path, dim: int, routers: dict) -> None
         return
     store = EdgeStore(workdir / f"tree-{k}x{l}-refine0", dim=dim)
     store.upsert(np.arange(b.n_db), b.dbv, [{"label": int(x), "leaf": -1} for x in b.dbl])
-    for router in (routers[(k, l)], None):
-        if router is None:  # built after the refined rows ran: each router is searched right after its build
-            router = Router.build(store, k=k, l=l, max_leaf_size=b.max_leaf, refine=0)
+
+    def rows(router):
         for mode, params in REFINE_CONFIGS:
             _router_row(b, router, "refine", mode, params, k=k, l=l, refine=router.meta.get("refine"),
                         n_leaves=router.describe()["leaves"], build_s=router.build_stats["total_s"],
                         layout=f"refine {router.meta.get('refine')}")
+
+    rows(routers[(k, l)])
+    rows(Router.build(store, k=k, l=l, max_leaf_size=b.max_leaf, refine=0))  # searched right after its build
     store.close()
 
 
