@@ -7,8 +7,10 @@ browser tests (and anyone scripting the page) can find them.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -68,6 +70,7 @@ def build_app(service: DemoService) -> gr.Blocks:
     modes = service.modes()
     examples = service.examples()
     plot_dir = Path(tempfile.mkdtemp(prefix="hsearch-demo-"))
+    atexit.register(shutil.rmtree, plot_dir, ignore_errors=True)
 
     def outputs_of(outcome):
         counts = service.synset_counts()

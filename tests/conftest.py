@@ -1,13 +1,17 @@
 """Shared fixtures: a private $HSEARCH_HOME, both store backends, small real embeddings."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
 _HOME = Path(os.environ.get("HSEARCH_TEST_HOME") or tempfile.mkdtemp(prefix="hsearch-test-"))
+if not os.environ.get("HSEARCH_TEST_HOME"):  # a home we made is ours to remove (the symlinked cache is not followed)
+    atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ["HSEARCH_HOME"] = str(_HOME)
 # embeddings are content-addressed: sharing the user's cache across runs is safe and fast
 _user_cache = Path.home() / ".cache" / "hsearch" / "cache" / "embeddings"
@@ -15,6 +19,7 @@ if not os.environ.get("HSEARCH_TEST_HOME") and _user_cache.is_dir():
     (_HOME / "cache").mkdir(parents=True, exist_ok=True)
     (_HOME / "cache" / "embeddings").symlink_to(_user_cache)
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("GRADIO_TEMP_DIR", str(_HOME / "gradio"))  # uploads go with the home, not into /tmp/gradio
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 IMAGENET_SAMPLE = SHARED / "data" / "imagenet-sample"

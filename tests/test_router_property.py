@@ -34,7 +34,8 @@ def _brute_top(model: dict, q: np.ndarray, k: int) -> list[int]:
 @given(ops=OPS)
 def test_random_maintenance_matches_brute_force(fmnist_small, ops):
     vecs, _, _ = fmnist_small
-    path = tempfile.mkdtemp(prefix="hsearch-prop-") + "/c"
+    tmp = tempfile.TemporaryDirectory(prefix="hsearch-prop-")  # hypothesis reruns the body: no tmp_path per example
+    path = tmp.name + "/c"
     store = open_store(path, dim=vecs.shape[1])
     model = {i: vecs[i] for i in range(60)}
     store.upsert(np.arange(60), vecs[:60])
@@ -71,3 +72,4 @@ def test_random_maintenance_matches_brute_force(fmnist_small, ops):
                     assert got.stats["operands"] == len(model)
     finally:
         r.store.close()
+        tmp.cleanup()

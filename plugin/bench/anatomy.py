@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import array
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -64,94 +65,97 @@ def run(limit=None, n_queries=1000, recall=0.95, tree=(16, 3), max_leaf=150, npr
     env = machine()
     log(f"# anatomy: {len(dbv)} points, {n} queries, recall@10 >= {recall}; machine {json.dumps(env)}")
     work = Path(tempfile.mkdtemp(prefix="hsearch-anatomy-"))
-    base = {"dataset": "fashion-mnist", "n_db": len(dbv), "n_queries": n, "recall_target": recall}
-    records = []
+    try:
+        base = {"dataset": "fashion-mnist", "n_db": len(dbv), "n_queries": n, "recall_target": recall}
+        records = []
 
-    def pick(name, configs, search):
-        """The cheapest config whose recall reaches the target (one timed pass each)."""
-        ok = []
-        for cfg in configs:
-            ids = [search(q, cfg) for q in qv]
-            rec = _recall10(ids, truth)
-            ms = _best_ms({"x": lambda i: search(qv[i], cfg)}, n, 1)["x"]
-            log(f"{name} {cfg}: recall@10 {rec:.4f}, {ms:.3f} ms")
-            if rec >= recall:
-                ok.append((ms, cfg, rec))
-        if not ok:
-            raise SystemExit(f"{name}: no configuration reaches recall@10 {recall}")
-        return min(ok, key=lambda x: x[0])
+        def pick(name, configs, search):
+            """The cheapest config whose recall reaches the target (one timed pass each)."""
+            ok = []
+            for cfg in configs:
+                ids = [search(q, cfg) for q in qv]
+                rec = _recall10(ids, truth)
+                ms = _best_ms({"x": lambda i: search(qv[i], cfg)}, n, 1)["x"]
+                log(f"{name} {cfg}: recall@10 {rec:.4f}, {ms:.3f} ms")
+                if rec >= recall:
+                    ok.append((ms, cfg, rec))
+            if not ok:
+                raise SystemExit(f"{name}: no configuration reaches recall@10 {recall}")
+            return min(ok, key=lambda x: x[0])
 
-    # the router
-    store = EdgeStore(work / "router", dim=enc.dim)
-    store.upsert(np.arange(len(dbv)), dbv, [{"label": int(x), "leaf": -1} for x in dbl])
-    router = Router.build(store, k=tree[0], l=tree[1], max_leaf_size=max_leaf)
-    _, (nprobe, s2), r_rec = pick("router probe", [(p, s) for s in s2s for p in nprobes], lambda q, c: [
-        h.id for h in router.search(q, k=10, mode="probe", nprobe=c[0], s2=c[1], with_payload=False)])
-    leaves = [router.route(q, mode="probe", nprobe=nprobe, s2=s2)[0] for q in qv]
-    filters = [Filter(leaf_in=tuple(lv.tolist()) + (-1,)) for lv in leaves]
-    qprep = router.prepare_queries(qv)
-    params = qe.SearchParams(exact=False, quantization=qe.QuantizationSearchParams(
-        rescore=True, oversampling=router.oversampling))
+        # the router
+        store = EdgeStore(work / "router", dim=enc.dim)
+        store.upsert(np.arange(len(dbv)), dbv, [{"label": int(x), "leaf": -1} for x in dbl])
+        router = Router.build(store, k=tree[0], l=tree[1], max_leaf_size=max_leaf)
+        _, (nprobe, s2), r_rec = pick("router probe", [(p, s) for s in s2s for p in nprobes], lambda q, c: [
+            h.id for h in router.search(q, k=10, mode="probe", nprobe=c[0], s2=c[1], with_payload=False)])
+        leaves = [router.route(q, mode="probe", nprobe=nprobe, s2=s2)[0] for q in qv]
+        filters = [Filter(leaf_in=tuple(lv.tolist()) + (-1,)) for lv in leaves]
+        qprep = router.prepare_queries(qv)
+        params = qe.SearchParams(exact=False, quantization=qe.QuantizationSearchParams(
+            rescore=True, oversampling=router.oversampling))
 
-    def request(i, f):
-        return qe.QueryRequest(limit=10, query=qe.Query.Nearest(array.array("f", qprep[i].tobytes())),
-                               filter=translate_filter(qe, f), with_payload=False, params=params)
+        def request(i, f):
+            return qe.QueryRequest(limit=10, query=qe.Query.Nearest(array.array("f", qprep[i].tobytes())),
+                                   filter=translate_filter(qe, f), with_payload=False, params=params)
 
-    prebuilt = [request(i, filters[i]) for i in range(n)]
-    nothing = [request(i, Filter(leaf_in=(-12345,))) for i in range(n)]
-    shard = store._shard
-    points = float(np.mean([router.flat.leaf_counts[lv].sum() for lv in leaves]))
+        prebuilt = [request(i, filters[i]) for i in range(n)]
+        nothing = [request(i, Filter(leaf_in=(-12345,))) for i in range(n)]
+        shard = store._shard
+        points = float(np.mean([router.flat.leaf_counts[lv].sum() for lv in leaves]))
 
-    # the engine's HNSW
-    hstore = EdgeStore(work / "hnsw", dim=enc.dim, hnsw_m=16)
-    hstore.upsert(np.arange(len(dbv)), dbv, [{"label": int(x)} for x in dbl])
-    hstore.optimize()
-    _, ef, h_rec = pick("hnsw m=16 ef", efs, lambda q, e: [h.id for h in hstore.search(q, k=10, hnsw_ef=e,
-                                                                                       with_payload=False)])
-    hparams = qe.SearchParams(hnsw_ef=ef)
-    hprebuilt = [qe.QueryRequest(limit=10, query=qe.Query.Nearest(array.array("f", qv[i].astype(np.float32).tobytes())),
-                                 with_payload=False, params=hparams) for i in range(n)]
+        # the engine's HNSW
+        hstore = EdgeStore(work / "hnsw", dim=enc.dim, hnsw_m=16)
+        hstore.upsert(np.arange(len(dbv)), dbv, [{"label": int(x)} for x in dbl])
+        hstore.optimize()
+        _, ef, h_rec = pick("hnsw m=16 ef", efs, lambda q, e: [h.id for h in hstore.search(q, k=10, hnsw_ef=e,
+                                                                                           with_payload=False)])
+        hparams = qe.SearchParams(hnsw_ef=ef)
+        hprebuilt = [qe.QueryRequest(limit=10, query=qe.Query.Nearest(array.array("f", qv[i].astype(np.float32).tobytes())),
+                                     with_payload=False, params=hparams) for i in range(n)]
 
-    # faiss IVF-Flat, one thread like the engine
-    faiss.omp_set_num_threads(1)
-    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(enc.dim), enc.dim, 1024, faiss.METRIC_INNER_PRODUCT)
-    ivf.train(dbv)
-    ivf.add(dbv)
+        # faiss IVF-Flat, one thread like the engine
+        faiss.omp_set_num_threads(1)
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(enc.dim), enc.dim, 1024, faiss.METRIC_INNER_PRODUCT)
+        ivf.train(dbv)
+        ivf.add(dbv)
 
-    def fsearch(q, p):
-        ivf.nprobe = p
-        return ivf.search(q[None], 10)[1][0].tolist()
+        def fsearch(q, p):
+            ivf.nprobe = p
+            return ivf.search(q[None], 10)[1][0].tolist()
 
-    _, fprobe, f_rec = pick("faiss ivf1024 nprobe", (10, 12, 14, 15, 16, 18, 20), fsearch)
-    ivf.nprobe = fprobe
+        _, fprobe, f_rec = pick("faiss ivf1024 nprobe", (10, 12, 14, 15, 16, 18, 20), fsearch)
+        ivf.nprobe = fprobe
 
-    layers = {
-        ("router", "router.search (whole)"): lambda i: router.search(qv[i], k=10, mode="probe", nprobe=nprobe,
-                                                                     s2=s2, with_payload=False),
-        ("router", "routing alone (router.route)"): lambda i: router.route(qv[i], mode="probe", nprobe=nprobe, s2=s2),
-        ("router", "store.search_batch, leaf filter made"): lambda i: store.search_batch(
-            qprep[i:i + 1], 10, filter=[filters[i]], exact=True, oversampling=router.oversampling,
-            with_payload=False),
-        ("router", "engine query, request prebuilt"): lambda i: shard.query(prebuilt[i]),
-        ("router", "engine query matching no point"): lambda i: shard.query(nothing[i]),
-        ("router", "building the request objects"): lambda i: request(i, filters[i]),
-        ("hnsw", "store.search (whole)"): lambda i: hstore.search(qv[i], k=10, hnsw_ef=ef, with_payload=False),
-        ("hnsw", "engine query, request prebuilt"): lambda i: hstore._shard.query(hprebuilt[i]),
-        ("faiss", "index.search (whole)"): lambda i: ivf.search(qv[i:i + 1], 10),
-    }
-    best = _best_ms(layers, n, passes)
-    configs = {"router": f"{tree[0]}x{tree[1]} max leaf {max_leaf}, probe nprobe={nprobe} s2={s2:g}, "
-                         f"{points:.0f} points ({points / len(dbv):.2%})",
-               "hnsw": f"m=16 ef={ef}", "faiss": f"IVF-Flat nlist=1024 nprobe={fprobe}"}
-    recalls = {"router": r_rec, "hnsw": h_rec, "faiss": f_rec}
-    for (method, layer), ms in best.items():
-        rec = {**base, "method": method, "config": configs[method], "recall_at_10": recalls[method],
-               "layer": layer, "ms_per_query": ms, **({"machine": env} if not records else {})}
-        records.append(rec)
-        log(f"{method:<7} {layer:<40} {ms:7.3f} ms")
-    for s in (store, hstore):
-        s.close()
-    return records
+        layers = {
+            ("router", "router.search (whole)"): lambda i: router.search(qv[i], k=10, mode="probe", nprobe=nprobe,
+                                                                         s2=s2, with_payload=False),
+            ("router", "routing alone (router.route)"): lambda i: router.route(qv[i], mode="probe", nprobe=nprobe, s2=s2),
+            ("router", "store.search_batch, leaf filter made"): lambda i: store.search_batch(
+                qprep[i:i + 1], 10, filter=[filters[i]], exact=True, oversampling=router.oversampling,
+                with_payload=False),
+            ("router", "engine query, request prebuilt"): lambda i: shard.query(prebuilt[i]),
+            ("router", "engine query matching no point"): lambda i: shard.query(nothing[i]),
+            ("router", "building the request objects"): lambda i: request(i, filters[i]),
+            ("hnsw", "store.search (whole)"): lambda i: hstore.search(qv[i], k=10, hnsw_ef=ef, with_payload=False),
+            ("hnsw", "engine query, request prebuilt"): lambda i: hstore._shard.query(hprebuilt[i]),
+            ("faiss", "index.search (whole)"): lambda i: ivf.search(qv[i:i + 1], 10),
+        }
+        best = _best_ms(layers, n, passes)
+        configs = {"router": f"{tree[0]}x{tree[1]} max leaf {max_leaf}, probe nprobe={nprobe} s2={s2:g}, "
+                             f"{points:.0f} points ({points / len(dbv):.2%})",
+                   "hnsw": f"m=16 ef={ef}", "faiss": f"IVF-Flat nlist=1024 nprobe={fprobe}"}
+        recalls = {"router": r_rec, "hnsw": h_rec, "faiss": f_rec}
+        for (method, layer), ms in best.items():
+            rec = {**base, "method": method, "config": configs[method], "recall_at_10": recalls[method],
+                   "layer": layer, "ms_per_query": ms, **({"machine": env} if not records else {})}
+            records.append(rec)
+            log(f"{method:<7} {layer:<40} {ms:7.3f} ms")
+        for s in (store, hstore):
+            s.close()
+        return records
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def markdown(records: list[dict]) -> str:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -170,32 +171,35 @@ def run(dataset: str, encoder_name: str = "mobilenet_v2", device: str = "auto", 
     log(f"# {dataset}: {b.n_db} database vectors, {b.n_q} queries, {enc.name} {enc.dim}-d")
     log(f"# machine: {json.dumps(env)}")
     workdir = Path(tempfile.mkdtemp(prefix="hsearch-bench-"))
-    store = EdgeStore(workdir / "db", dim=enc.dim)
-    ids = np.arange(b.n_db)
-    t = time.perf_counter()
-    store.upsert(ids, dbv, [{"label": int(x), "leaf": -1} for x in dbl])
-    log(f"upsert {b.n_db}: {time.perf_counter() - t:.1f}s")
+    try:
+        store = EdgeStore(workdir / "db", dim=enc.dim)
+        ids = np.arange(b.n_db)
+        t = time.perf_counter()
+        store.upsert(ids, dbv, [{"label": int(x), "leaf": -1} for x in dbl])
+        log(f"upsert {b.n_db}: {time.perf_counter() - t:.1f}s")
 
-    # exact baseline on the same engine; its top-10 is the ground truth of every recall@10
-    exact_hits, b.exact_ms = _timed_search(lambda q: [h.id for h in store.search(q, k=10, exact=True)], qv)
-    b.exact_top = exact_hits
-    b.r1_exact, _ = _recalls(exact_hits, exact_hits, dbl, ql)
-    log(_header())
-    b.add("search", "qdrant-edge exact", "exact", exact_hits, b.exact_ms, [b.n_db] * b.n_q, 0.0, machine=env)
+        # exact baseline on the same engine; its top-10 is the ground truth of every recall@10
+        exact_hits, b.exact_ms = _timed_search(lambda q: [h.id for h in store.search(q, k=10, exact=True)], qv)
+        b.exact_top = exact_hits
+        b.r1_exact, _ = _recalls(exact_hits, exact_hits, dbl, ql)
+        log(_header())
+        b.add("search", "qdrant-edge exact", "exact", exact_hits, b.exact_ms, [b.n_db] * b.n_q, 0.0, machine=env)
 
-    routers = _router_rows(b, trees, workdir, enc.dim)
-    if baselines:
-        _faiss_rows(b)
-        _hnsw_rows(b, workdir, enc.dim)
-    _target_rows(b, routers)
-    _batch_rows(b, routers, workdir)
-    _refine_rows(b, trees[0], workdir, enc.dim, routers)
-    if incremental:
-        _ingest_rows(b, trees, enc.dim, workdir)
-    store.close()
-    if curve_sizes:
-        cost_curve(b, curve_sizes, trees[0], enc.dim, workdir, encoder=enc, dataset=dataset)
-    return b.records
+        routers = _router_rows(b, trees, workdir, enc.dim)
+        if baselines:
+            _faiss_rows(b)
+            _hnsw_rows(b, workdir, enc.dim)
+        _target_rows(b, routers)
+        _batch_rows(b, routers, workdir)
+        _refine_rows(b, trees[0], workdir, enc.dim, routers)
+        if incremental:
+            _ingest_rows(b, trees, enc.dim, workdir)
+        store.close()
+        if curve_sizes:
+            cost_curve(b, curve_sizes, trees[0], enc.dim, workdir, encoder=enc, dataset=dataset)
+        return b.records
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _router_rows(b: Bench, trees, workdir: Path, dim: int) -> dict:

@@ -28,6 +28,7 @@ docs/SCALING.md).
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -382,6 +383,7 @@ def run(dataset: str = "fashion-mnist", encoder_name: str = "mobilenet_v2", devi
                         f"{r['point_balance']:.2f} requests {r['request_balance']:.2f} work {r['work_balance']:.2f}")
     finally:
         store.close()
+        shutil.rmtree(workdir, ignore_errors=True)
     return out
 
 

@@ -193,3 +193,8 @@ class ServerStore(Store):
     def close(self) -> None:
         if self._owns_client:
             self.client.close()
+        if self._owns_client and self._where == ":memory:" and self._state_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._state_dir, ignore_errors=True)  # a memory collection's state dies with it
+            self._state_dir = None
