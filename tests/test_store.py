@@ -91,6 +91,28 @@ def test_filter_groups_are_minimal():
     assert Filter.both(None, f) is f and Filter.both(f, None) is f
 
 
+@pytest.mark.parametrize("routed", [False, True])
+def test_search_leaves_is_search_batch_under_a_leaf_filter(make_store, fmnist_small, routed):
+    """The router's scoring step gives what the generic filtered search gives, in both layouts."""
+    vecs, wnids, _ = fmnist_small
+    s = make_store(vecs.shape[1])
+    _fill(s, vecs, wnids)
+    if routed:
+        s.cluster_by("leaf")
+    Q = vecs[[3, 77, 150]] / np.linalg.norm(vecs[[3, 77, 150]], axis=1, keepdims=True)
+    leaves = [np.array([2, 5]), np.array([0]), np.array([1, 3, 6, -1])]
+    got = s.search_leaves(Q, 7, leaves, oversampling=2.0)
+    want = s.search_batch(Q, 7, filter=[Filter.of(leaf_in=l.tolist()) for l in leaves], exact=True, oversampling=2.0)
+    assert [[h.id for h in r] for r in got] == [[h.id for h in r] for r in want]
+    np.testing.assert_allclose([h.score for r in got for h in r], [h.score for r in want for h in r], atol=1e-6)
+    assert all(h.payload["leaf"] in leaves[i] for i, r in enumerate(got) for h in r)
+    assert all(h.payload == {} for r in s.search_leaves(Q, 3, leaves, with_payload=False) for h in r)
+    with pytest.raises(BadVectorError, match="dimension"):
+        s.search_leaves(Q[:, :-1], 3, leaves)
+    with pytest.raises(HSearchError, match="leaf lists"):
+        s.search_leaves(Q, 3, leaves[:2])
+
+
 def test_batch_search_and_per_query_filters(make_store, fmnist_small):
     vecs, wnids, _ = fmnist_small
     s = make_store(vecs.shape[1])

@@ -303,26 +303,33 @@ class Router:
         """Score every probe (one store batch per distinct k and kind: routed probes score the int8 copy
         with ``self.oversampling``, the others floats); re-score restricted probes that came back short
         without their leaf routing."""
-        filters = []
-        for p in probes:
-            f = _and(p.filter, restrict)
-            if p.leaves is not None:
-                f = _and(Filter(leaf_in=tuple(p.leaves.tolist()) + (UNFILED,)), f)
-            filters.append(f)
+        filters = [_and(p.filter, restrict) for p in probes]
         hits: list = [None] * len(probes)
-        groups: dict[tuple[int, bool], list[int]] = {}
+        # one store batch per (k, kind); kind: routed with no other condition (the store builds the leaf
+        # condition itself: the common case, and the one where our per-query work shows), routed under
+        # a filter, or unrouted
+        groups: dict[tuple[int, str], list[int]] = {}
         for i, p in enumerate(probes):
-            groups.setdefault((int(p.k or k), p.leaves is not None), []).append(i)
-        for (kk, routed), idx in groups.items():
-            res = self.store.search_batch(Q[[probes[i].query for i in idx]], kk, filter=[filters[i] for i in idx],
-                                          exact=True, oversampling=self.oversampling if routed else None,
-                                          with_payload=with_payload)
+            kind = "unrouted" if p.leaves is None else "leaves" if filters[i] is None else "filtered"
+            groups.setdefault((int(p.k or k), kind), []).append(i)
+        for (kk, kind), idx in groups.items():
+            rows = [probes[i].query for i in idx]
+            Qg = Q if len(rows) == len(Q) and rows == list(range(len(Q))) else Q[rows]
+            if kind == "leaves":
+                res = self.store.search_leaves(Qg, kk, [np.append(probes[i].leaves, UNFILED) for i in idx],
+                                               oversampling=self.oversampling, with_payload=with_payload)
+            else:
+                fs = [filters[i] if kind == "unrouted" else
+                      _and(Filter(leaf_in=tuple(probes[i].leaves.tolist()) + (UNFILED,)), filters[i]) for i in idx]
+                res = self.store.search_batch(Qg, kk, filter=fs, exact=True, with_payload=with_payload,
+                                              oversampling=self.oversampling if kind == "filtered" else None)
             for i, h in zip(idx, res):
                 hits[i] = h
         widened = [p.leaves is not None and (p.filter is not None or restrict is not None)
                    and len(hits[i]) < int(p.k or k) for i, p in enumerate(probes)]
-        for i in np.flatnonzero(widened):
-            p = probes[i]
+        for i, p in enumerate(probes):
+            if not widened[i]:
+                continue
             hits[i] = self.store.search_batch(Q[p.query:p.query + 1], int(p.k or k),
                                               filter=_and(p.filter, restrict), exact=True,
                                               with_payload=with_payload)[0]

@@ -221,6 +221,37 @@ class Store(abc.ABC):
             raise EmptyCollectionError(f"collection '{self.name}' is empty: ingest images first")
         return out
 
+    def search_leaves(self, vectors, k: int, leaves: Sequence[np.ndarray], oversampling: float | None = None,
+                      with_payload: bool = True) -> list[list[Hit]]:
+        """Top-``k`` per query among the points whose ``leaf`` payload is one of that query's ``leaves``:
+        the router's scoring step, ``search_batch(vectors, k, [Filter(leaf_in=l) ...], exact=True,
+        oversampling=...)`` without our :class:`Filter` in between. ``vectors`` must already be a
+        float32 (N, dim) array of finite rows (the router's ``prepare_queries`` checked them); only
+        the shape is checked again. Backends build the engine's leaf condition directly
+        (:meth:`_search_leaves`), which at one routed query per call is the part of the call that is
+        ours rather than the engine's (see ``docs/results/anatomy-fashion-mnist.md``)."""
+        vecs = vectors if isinstance(vectors, np.ndarray) and vectors.dtype == np.float32 and vectors.ndim == 2 \
+            else check_vectors(vectors, self.dim)
+        if vecs.shape[1] != self.dim:
+            check_vectors(vecs, self.dim)  # raises the dimension error
+        if len(leaves) != len(vecs):
+            raise HSearchError(f"got {len(leaves)} leaf lists for {len(vecs)} query vectors")
+        if k < 1:
+            raise HSearchError(f"k must be >= 1, got {k}")
+        if oversampling is not None and not (1.0 <= float(oversampling) <= 100.0):
+            raise HSearchError(f"oversampling must be between 1 and 100, got {oversampling}")
+        out = self._search_leaves(np.ascontiguousarray(vecs), int(k), leaves, with_payload,
+                                  float(oversampling) if oversampling is not None and self.routed_layout else None)
+        if not any(out) and self.count() == 0:
+            raise EmptyCollectionError(f"collection '{self.name}' is empty: ingest images first")
+        return out
+
+    def _search_leaves(self, vectors: np.ndarray, k: int, leaves, with_payload: bool,
+                       oversampling: float | None) -> list[list[Hit]]:
+        """Through :meth:`_search_batch` and our filter; a backend may build its leaf condition directly."""
+        filters = [Filter(leaf_in=tuple(int(x) for x in np.asarray(l).ravel())) for l in leaves]
+        return self._search_batch(vectors, k, filters, True, None, with_payload, oversampling)
+
     def retrieve(self, ids, with_vectors: bool = False) -> list[Record]:
         """Records for the ids that exist (missing ids are left out), in the order asked."""
         return self._retrieve(check_ids(ids), with_vectors)
