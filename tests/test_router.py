@@ -120,16 +120,23 @@ def _leaf_centroids(r):
 
 def test_probe_scores_the_nearest_leaves_reached(filled):
     """With a band that reaches every leaf, probe's leaves are the ``nprobe`` nearest leaf centroids by
-    brute force, nearest first; a narrow band reaches a subset, still ordered; bad nprobe is refused."""
+    brute force over the int8 codes it routes on, nearest first, and within the codes' error of the
+    nearest by the float centroids; a narrow band reaches a subset, still ordered; bad nprobe is refused."""
     s, vecs = filled
     r = Router.build(s, k=3, l=3)
     lids, cents = _leaf_centroids(r)
+    f = r.flat
+    nodes = np.array([int(np.flatnonzero(f.leaf_of_node == lid)[0]) for lid in lids])
+    coded = f.codes[nodes].astype(np.float64) * f.code_scale[nodes, None]
+    assert np.abs(coded - f.centroids[nodes]).max() <= np.abs(f.centroids[nodes]).max() / 254 + 1e-7
     for qi in (0, 77, 211):
         q = vecs[qi] / np.linalg.norm(vecs[qi])
-        want = lids[np.argsort(-(cents @ q), kind="stable")[:4]].tolist()
-        assert r.route(vecs[qi], "probe", nprobe=4, s2=10.0)[0].tolist() == want
+        got = r.route(vecs[qi], "probe", nprobe=4, s2=10.0)[0]
+        assert got.tolist() == lids[np.argsort(-(coded @ q), kind="stable")[:4]].tolist()
+        exact_d = 1 - cents @ q
+        assert (1 - cents[np.searchsorted(lids, got)] @ q).max() <= np.sort(exact_d)[3] + 2e-3
         narrow = r.route(vecs[qi], "probe", nprobe=4, s2=0.0)[0]
-        d = 1 - cents[np.searchsorted(lids, narrow)] @ q
+        d = 1 - coded[np.searchsorted(lids, narrow)] @ q
         assert len(narrow) >= 1 and np.all(np.diff(d) >= -1e-6)
         assert set(narrow.tolist()) <= set(r.route(vecs[qi], "probe", nprobe=50, s2=10.0)[0].tolist())
     for bad in (0, -1, 2.5, True):
@@ -355,3 +362,26 @@ def test_router_reopens_on_the_server_backend(tmp_path, monkeypatch, fmnist_smal
     assert Router.exists(s2)
     assert [h.id for h in Router.open(s2).search(vecs[5], k=5, mode="relaxed")] == want
     s2.close()
+
+
+@pytest.mark.parametrize("metric", [0, 1, 2])
+def test_row_distance_matches_node_distance(fmnist_small, metric):
+    """Probe's distance over float rows is node_distance's (float32 sums); over int8 codes it is within
+    the codes' error, for cosine, Euclidean and inner product."""
+    from plugin.router.kernels import node_distance, row_distance
+    from plugin.router.tree import int8_codes
+
+    vecs = fmnist_small[0][:40].astype(np.float32)
+    rows = vecs / np.linalg.norm(vecs, axis=1, keepdims=True) if metric == 0 else vecs
+    q = rows[0] * 0.5 + rows[1] * 0.5
+    q = q / np.linalg.norm(q) if metric == 0 else q
+    codes, scale = int8_codes(rows)
+    sq = np.einsum("ij,ij->i", rows, rows)
+    qq = float(q @ q)
+    want = np.array([node_distance(q, rows, i, metric) for i in range(len(rows))])
+    flt = np.array([row_distance(q, qq, rows, np.ones(len(rows), np.float32), sq, i, metric) for i in range(len(rows))])
+    cod = np.array([row_distance(q, qq, codes, scale, sq, i, metric) for i in range(len(rows))])
+    np.testing.assert_allclose(flt, want, rtol=1e-4, atol=1e-4)
+    bound = np.abs(q).sum() * scale / 2 * (1 if metric != 1 else 2 / np.maximum(want, 1e-3))
+    assert np.all(np.abs(cod - want) <= bound + 1e-4)
+    assert not np.allclose(cod, want, rtol=0, atol=1e-9)  # the codes are coarser than the floats

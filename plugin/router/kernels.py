@@ -197,15 +197,36 @@ def route_work_batch(Q, centroids, child_offsets, children, leaf_of_node, metric
     return evals, leaves
 
 
+@numba.njit(cache=True, fastmath=True)
+def row_distance(q, qq, rows, scale, sqnorm, node, metric):
+    """The distance of :func:`node_distance` with node ``node``'s centroid given as
+    ``rows[node] * scale[node]`` (and its squared norm ``sqnorm[node]``, for Euclidean): ``rows`` is the
+    float32 centroids with a scale of 1, or their int8 codes (:attr:`FlatTree.codes`). Numba compiles one
+    version per dtype of ``rows``. The dot product accumulates in float32 (vectorised; the float64
+    accumulator of ``node_distance`` made the int8 kernel slower than the float one); ``qq`` is
+    ``|q|^2``."""
+    acc = np.float32(0.0)
+    for j in range(q.shape[0]):
+        acc += q[j] * rows[node, j]
+    dot = acc * scale[node]
+    if metric == 1:
+        return np.sqrt(max(qq - 2.0 * dot + sqnorm[node], 0.0))
+    return 1.0 - dot if metric == 0 else -dot
+
+
 @numba.njit(cache=True)
-def probe_one(q, centroids, child_offsets, children, leaf_of_node, metric, nprobe, s2, out):
+def probe_one(q, rows, scale, sqnorm, child_offsets, children, leaf_of_node, metric, nprobe, s2, out):
     """Descend keeping the internal nodes within ``s2`` of each level's nearest internal node (the
     relaxed rule, eq. 3, applied to internal nodes only); every leaf met on the way is a candidate, and
-    the ``nprobe`` nearest candidates are written to ``out``, nearest first. Returns how many."""
+    the ``nprobe`` nearest candidates are written to ``out``, nearest first. Returns how many.
+    Centroids as in :func:`row_distance` (float rows, or int8 codes)."""
     if leaf_of_node[0] >= 0:
         out[0] = leaf_of_node[0]
         return 1
-    n_nodes = centroids.shape[0]
+    qq = 0.0
+    for j in range(q.shape[0]):
+        qq += q[j] * q[j]
+    n_nodes = rows.shape[0]
     frontier = np.empty(n_nodes, np.int64)
     cand = np.empty(n_nodes, np.int64)
     d = np.empty(n_nodes, np.float64)
@@ -220,7 +241,7 @@ def probe_one(q, centroids, child_offsets, children, leaf_of_node, metric, nprob
             node = frontier[f]
             for e in range(child_offsets[node], child_offsets[node + 1]):
                 c = children[e]
-                dc = node_distance(q, centroids, c, metric)
+                dc = row_distance(q, qq, rows, scale, sqnorm, c, metric)
                 if leaf_of_node[c] >= 0:
                     found[n_found] = leaf_of_node[c]
                     found_d[n_found] = dc
@@ -243,11 +264,12 @@ def probe_one(q, centroids, child_offsets, children, leaf_of_node, metric, nprob
 
 
 @numba.njit(cache=True)
-def probe_batch(Q, centroids, child_offsets, children, leaf_of_node, metric, nprobe, s2):
+def probe_batch(Q, rows, scale, sqnorm, child_offsets, children, leaf_of_node, metric, nprobe, s2):
     """:func:`probe_one` per row of ``Q``: returns (leaf ids (B, nprobe), counts (B,))."""
     B = Q.shape[0]
     out = np.full((B, max(nprobe, 1)), -1, np.int64)
     counts = np.zeros(B, np.int64)
     for b in range(B):
-        counts[b] = probe_one(Q[b], centroids, child_offsets, children, leaf_of_node, metric, nprobe, s2, out[b])
+        counts[b] = probe_one(Q[b], rows, scale, sqnorm, child_offsets, children, leaf_of_node, metric, nprobe,
+                              s2, out[b])
     return out, counts

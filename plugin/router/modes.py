@@ -190,8 +190,8 @@ def probe(ctx, Q, nprobe=PROBE_NPROBE, s2=PROBE_S2):
     if s2 is None or not math.isfinite(s2) or s2 < 0:
         raise RouterError(f"probe search: s2 must be a finite number >= 0, got {s2}")
     flat = ctx.flat
-    out, counts = kernels.probe_batch(Q, flat.centroids, flat.child_offsets, flat.children, flat.leaf_of_node,
-                                      flat.metric, int(nprobe), float(s2))
+    out, counts = kernels.probe_batch(Q, *flat.rows(quantized=True), flat.child_offsets, flat.children,
+                                      flat.leaf_of_node, flat.metric, int(nprobe), float(s2))
     return [out[b, :counts[b]] for b in range(len(Q))]
 
 

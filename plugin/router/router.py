@@ -401,7 +401,8 @@ class Router:
         f = self.flat
         if not self.meta.get("refine"):  # the paper's tree: the leaf of the greedy path, as the build filed
             return nearest_leaf_batch(q, f.centroids, f.child_offsets, f.children, f.leaf_of_node, f.metric)
-        out, _ = probe_batch(q, f.centroids, f.child_offsets, f.children, f.leaf_of_node, f.metric, 1, FILE_S2)
+        out, _ = probe_batch(q, *f.rows(quantized=False), f.child_offsets, f.children, f.leaf_of_node, f.metric, 1,
+                             FILE_S2)
         return out[:, 0]
 
     def describe(self) -> dict:
