@@ -7,8 +7,10 @@ baseline reaching recall@10 >= ``--recall`` on 60k Fashion-MNIST and times the l
 one, in the same process, on the same 1000 test queries (each layer best of ``--passes`` interleaved
 passes, since a 2-vCPU VM drifts):
 
-* the router: ``router.search`` whole; routing alone (``router.route``); the store call with the leaf
-  filter already made (``store.search_batch``); the engine's ``query`` with every request object built
+* the router: ``router.search`` whole; routing alone (``router.route``); the probe kernel on the int8
+  codes it routes on and on the float centroids; the store call it makes (``store.search_leaves``) and
+  the generic one with the leaf filter already made (``store.search_batch``); the engine's ``query``
+  with every request object built
   beforehand (what the engine itself costs for these points); the same request filtered to no point
   (the fixed cost of any engine call); building the request objects alone;
 * the engine's HNSW: ``store.search`` and the engine's ``query`` with prebuilt requests;
@@ -52,7 +54,7 @@ def run(limit=None, n_queries=1000, recall=0.95, tree=(16, 3), max_leaf=150, npr
 
     from plugin.bench.hkm import _recall10, load_dataset, machine
     from plugin.encoders import create_encoder
-    from plugin.router import Router
+    from plugin.router import Router, kernels
     from plugin.store.base import Filter, translate_filter
     from plugin.store.edge import EdgeStore
 
@@ -91,6 +93,9 @@ def run(limit=None, n_queries=1000, recall=0.95, tree=(16, 3), max_leaf=150, npr
             h.id for h in router.search(q, k=10, mode="probe", nprobe=c[0], s2=c[1], with_payload=False)])
         leaves = [router.route(q, mode="probe", nprobe=nprobe, s2=s2)[0] for q in qv]
         filters = [Filter(leaf_in=tuple(lv.tolist()) + (-1,)) for lv in leaves]
+        leaf_lists = [np.append(lv, -1) for lv in leaves]
+        flat = router.flat
+        topo = (flat.child_offsets, flat.children, flat.leaf_of_node, flat.metric)
         qprep = router.prepare_queries(qv)
         params = qe.SearchParams(exact=False, quantization=qe.QuantizationSearchParams(
             rescore=True, oversampling=router.oversampling))
@@ -131,6 +136,12 @@ def run(limit=None, n_queries=1000, recall=0.95, tree=(16, 3), max_leaf=150, npr
             ("router", "router.search (whole)"): lambda i: router.search(qv[i], k=10, mode="probe", nprobe=nprobe,
                                                                          s2=s2, with_payload=False),
             ("router", "routing alone (router.route)"): lambda i: router.route(qv[i], mode="probe", nprobe=nprobe, s2=s2),
+            ("router", "probe kernel on int8 codes (what probe uses)"): lambda i: kernels.probe_batch(
+                qprep[i:i + 1], *flat.rows(quantized=True), *topo, nprobe, s2),
+            ("router", "probe kernel on float centroids"): lambda i: kernels.probe_batch(
+                qprep[i:i + 1], *flat.rows(quantized=False), *topo, nprobe, s2),
+            ("router", "store.search_leaves (what the router calls)"): lambda i: store.search_leaves(
+                qprep[i:i + 1], 10, [leaf_lists[i]], oversampling=router.oversampling, with_payload=False),
             ("router", "store.search_batch, leaf filter made"): lambda i: store.search_batch(
                 qprep[i:i + 1], 10, filter=[filters[i]], exact=True, oversampling=router.oversampling,
                 with_payload=False),

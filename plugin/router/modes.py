@@ -184,6 +184,11 @@ def probe(ctx, Q, nprobe=PROBE_NPROBE, s2=PROBE_S2):
     0.954 on 1.29% of the points, where relaxed needs 1.76% (s2=0.045, 0.949), and it was the fastest
     router row at recall@10 >= 0.95 and >= 0.99 (docs/results/hkm-fashion-mnist.md). ``s2`` bounds
     the routing work: 0.05 for recall 0.95, 0.07 for 0.99.
+
+    Distances are taken to the int8 codes of the centroids (``FlatTree.codes``): a routed query reads
+    hundreds of centroid rows, and the codes are a quarter of their bytes. The leaves differ from the
+    float kernel's only at the ``nprobe`` cut (a leaf within the codes' error of the last one); the
+    probe kernel's time on both is in docs/results/anatomy-fashion-mnist.md.
     """
     if isinstance(nprobe, bool) or int(nprobe) != nprobe or nprobe < 1:
         raise RouterError(f"probe search: nprobe must be an integer >= 1, got {nprobe!r}")
