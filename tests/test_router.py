@@ -385,3 +385,24 @@ def test_row_distance_matches_node_distance(fmnist_small, metric):
     bound = np.abs(q).sum() * scale / 2 * (1 if metric != 1 else 2 / np.maximum(want, 1e-3))
     assert np.all(np.abs(cod - want) <= bound + 1e-4)
     assert not np.allclose(cod, want, rtol=0, atol=1e-9)  # the codes are coarser than the floats
+
+
+def test_tree_modes_answer_alike_on_the_short_path_and_under_a_filter(make_store, fmnist_small):
+    """A tree mode with no filter takes one store call (``search_leaves``, no Plan); under a filter every
+    point passes it takes the general path. Same hits, scores and stats either way."""
+    vecs, wnids, _ = fmnist_small
+    s = make_store(vecs.shape[1])
+    s.upsert(np.arange(len(vecs)), vecs, [{"wnid": w, "leaf": -1, "kind": "photo"} for w in wnids])
+    r = Router.build(s, k=3, l=3)
+    everyone = Filter.of(kind="photo")
+    for mode, kw in (("probe", {"nprobe": 4}), ("relaxed", {"s2": 0.05}), ("intensive", {}), ("auto", {})):
+        short = r.search_batch(vecs[:6], k=5, mode=mode, **kw)
+        general = r.search_batch(vecs[:6], k=5, mode=mode, filter=everyone, **kw)
+        for a, b in zip(short, general):
+            assert [h.id for h in a] == [h.id for h in b]
+            np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-6)
+            assert a[0].payload["wnid"] == b[0].payload["wnid"]
+            drop = ("route_ms", "score_ms", "ms")
+            assert {k: v for k, v in a.stats.items() if k not in drop} == \
+                {k: v for k, v in b.stats.items() if k not in drop}
+            assert a.stats["operands"] == int(r.leaf_counts[a.stats["leaves"]].sum()) > 0
