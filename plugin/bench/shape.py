@@ -139,7 +139,9 @@ def run(limit: int | None = None, n_test: int = 300, recall: float = 0.95, sampl
         store.upsert(np.arange(len(db)), db, [{"leaf": -1} for _ in range(len(db))])
         unit = db / np.linalg.norm(db, axis=1, keepdims=True)
         for row in pick_shapes(stats["candidates"], shapes):
-            router = Router.build(store, k=row["k"], l=row["l"], max_leaf_size=row["max_leaf_size"], seed=seed)
+            # refine=0: the committed shape-* results predate refined leaves as the build default
+            router = Router.build(store, k=row["k"], l=row["l"], max_leaf_size=row["max_leaf_size"], seed=seed,
+                                  refine=0)
             truth = exact_top(unit, router.prepare_queries(test), router.tree.metric)
             m = _measure(router, test, truth, row["s2"], passes)
             on_measured = cost_model(costs, len(db), db.shape[1], m["fraction"], m["probed_leaves"], m["evaluations"])
