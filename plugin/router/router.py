@@ -209,19 +209,18 @@ class Router:
 
     # ---- search -------------------------------------------------------------------------------
     def prepare_queries(self, vecs) -> np.ndarray:
-        if self.tree.metric == "cosine" and isinstance(vecs, np.ndarray) and vecs.dtype == np.float32 \
-                and vecs.ndim == 2 and vecs.shape[1] == self.store.dim:
-            # the common call, checked by its squared norms alone: NaN or inf in a row makes its norm
-            # non-finite, and a zero row a zero norm; either goes the long way below for its error
-            sq = np.einsum("ij,ij->i", vecs, vecs)
-            if np.isfinite(sq).all() and sq.all():
-                return vecs / np.sqrt(sq)[:, None]
-        q = check_vectors(vecs, self.store.dim)  # C-contiguous float32
+        # a float32 (N, dim) batch under cosine is checked by its squared norms alone (NaN or inf in a row
+        # makes its norm non-finite); anything else, or a non-finite norm, gets check_vectors and its error
+        trusted = self.tree.metric == "cosine" and isinstance(vecs, np.ndarray) and vecs.dtype == np.float32 \
+            and vecs.ndim == 2 and vecs.shape[1] == self.store.dim
+        q = vecs if trusted else check_vectors(vecs, self.store.dim)  # C-contiguous float32
         if self.tree.metric == "cosine":
-            norms = np.sqrt(np.einsum("ij,ij->i", q, q))[:, None]
-            if not norms.all():
+            sq = np.einsum("ij,ij->i", q, q)
+            if trusted and not np.isfinite(sq).all():
+                check_vectors(q, self.store.dim)
+            if not sq.all():
                 raise BadVectorError("a zero vector has no direction: cosine search needs a non-zero query")
-            q = q / norms
+            q = q / np.sqrt(sq)[:, None]
         return q
 
     def route(self, vecs, mode: str = "auto", **params) -> list[np.ndarray] | None:
@@ -281,14 +280,19 @@ class Router:
                 hits = self.store.search_leaves(Q, k, [np.append(lv, UNFILED) for lv in routed],
                                                 oversampling=self.oversampling, with_payload=with_payload)
                 t2 = time.perf_counter()
-                timing = {"route_ms": (t1 - t0) * 1e3 / len(Q), "score_ms": (t2 - t1) * 1e3 / len(Q),
-                          "ms": (t2 - t0) * 1e3 / len(Q)}
-                return [self._tree_result(h, lv, flat, mode, used, timing) for h, lv in zip(hits, routed)]
+                timing = _timing(t0, t1, t2, len(Q))
+                out = []
+                for h, lv in zip(hits, routed):
+                    lids = sorted(lv.tolist())  # a few dozen ids: Python's sort and sum beat NumPy's call overhead
+                    out.append(SearchResult(h, _stats(mode, used, None, int(sum(flat.leaf_counts[lids].tolist())),
+                                                      n, lids, False, timing)))
+                return out
             plan = as_plan(routed, len(Q))
             probe_hits, widened = self._run_probes(Q, plan.probes, k, restrict,
                                                    with_payload or plan.merge is not None)
             t2 = time.perf_counter()
         B = len(Q)
+        timing = _timing(t0, t1, t2, B)
         per_query: list[list[int]] = [[] for _ in range(B)]
         for i, p in enumerate(plan.probes):
             per_query[p.query].append(i)
@@ -308,23 +312,12 @@ class Router:
             everything = any(plan.probes[i].leaves is None and plan.probes[i].operands is None for i in mine)
             hinted = sum(plan.probes[i].operands or 0 for i in mine)
             operands = n if everything else hinted + (int(flat.leaf_counts[lids].sum()) if lids is not None else 0)
-            leaves = [] if lids is None else lids.tolist()
-            out.append(SearchResult(hits, {
-                "mode": mode, **used, "within": _as_list(within), "operands": operands,
-                "operands_frac": operands / max(n, 1),
-                "n_leaves": flat.n_leaves if everything else len(leaves), "leaves": [] if everything else leaves,
-                "widened": any(widened[i] for i in mine), **(plan.info[b] if plan.info else {}),
-                "route_ms": (t1 - t0) * 1e3 / B, "score_ms": (t2 - t1) * 1e3 / B, "ms": (t2 - t0) * 1e3 / B}))
+            leaves = [] if lids is None or everything else lids.tolist()
+            out.append(SearchResult(hits, _stats(mode, used, _as_list(within), operands, n, leaves,
+                                                 any(widened[i] for i in mine), timing,
+                                                 n_leaves=flat.n_leaves if everything else None,
+                                                 info=plan.info[b] if plan.info else None)))
         return out
-
-    @staticmethod
-    def _tree_result(hits, leaves, flat, mode: str, used: dict, timing: dict) -> SearchResult:
-        """A tree mode's answer with the stats the general path gives (no subtree, nothing widened)."""
-        lids = sorted(leaves.tolist())  # a few dozen ids: Python's sort and sum beat NumPy's call overhead
-        operands = int(sum(flat.leaf_counts[lids].tolist()))
-        return SearchResult(hits, {"mode": mode, **used, "within": None, "operands": operands,
-                                   "operands_frac": operands / max(flat.n_points, 1), "n_leaves": len(lids),
-                                   "leaves": lids, "widened": False, **timing})
 
     def _run_probes(self, Q, probes, k: int, restrict, with_payload: bool = True) -> tuple[list, list[bool]]:
         """Score every probe (one store batch per distinct k and kind: routed probes score the int8 copy
@@ -444,6 +437,20 @@ class Router:
                 "depth_max": int(depths.max(initial=0)),
                 "split_bound": self.meta["split_bound"], "merge_bound": self.meta["merge_bound"],
                 "built": self.meta["built"]}
+
+
+def _timing(t0: float, t1: float, t2: float, n_queries: int) -> dict:
+    """Per-query routing, scoring and total ms of a batch timed at t0 (start), t1 (routed), t2 (scored)."""
+    return {"route_ms": (t1 - t0) * 1e3 / n_queries, "score_ms": (t2 - t1) * 1e3 / n_queries,
+            "ms": (t2 - t0) * 1e3 / n_queries}
+
+
+def _stats(mode: str, used: dict, within, operands: int, n_points: int, leaves: list, widened: bool,
+           timing: dict, n_leaves: int | None = None, info: dict | None = None) -> dict:
+    """A result's ``stats``, the same keys on every path; ``n_leaves`` defaults to ``len(leaves)``."""
+    return {"mode": mode, **used, "within": within, "operands": operands,
+            "operands_frac": operands / max(n_points, 1), "n_leaves": len(leaves) if n_leaves is None else n_leaves,
+            "leaves": leaves, "widened": widened, **(info or {}), **timing}
 
 
 def _as_list(within) -> list[str] | None:

@@ -66,6 +66,7 @@ class EdgeStore(Store):
         """``hnsw_m``: the HNSW graph's edges per node for a new collection (None: the engine's default)."""
         qe = _qe()
         self._hnsw_m = hnsw_m
+        self._params_cache: dict = {}  # oversampling -> SearchParams (see _rescore_params)
         self.path = Path(path)
         self.name = self.path.name
         meta_path = self.path / META_FILE
@@ -313,12 +314,11 @@ class EdgeStore(Store):
     def _rescore_params(self, oversampling: float):
         """Search params of the routed layout's int8 scan with float rescoring (one object per value:
         they are immutable, and building one is a few microseconds of every routed query)."""
-        cache = self.__dict__.setdefault("_params_cache", {})
-        if oversampling not in cache:
+        if oversampling not in self._params_cache:
             qe = _qe()
-            cache[oversampling] = qe.SearchParams(exact=False, quantization=qe.QuantizationSearchParams(
+            self._params_cache[oversampling] = qe.SearchParams(exact=False, quantization=qe.QuantizationSearchParams(
                 rescore=True, oversampling=oversampling))
-        return cache[oversampling]
+        return self._params_cache[oversampling]
 
     def _query(self, vectors, k, engine_filters, params, with_payload):
         qe = _qe()
