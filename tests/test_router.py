@@ -322,6 +322,23 @@ def test_bad_input(make_store, filled, tmp_path, fmnist_small):
         Router.build(empty, k=2, l=2)
 
 
+def test_prepare_queries_checks_every_row_and_normalises(filled):
+    """One kernel call checks and normalises a float32 batch: a NaN, an inf or a zero vector in any row is
+    refused with the error of the general path, and other inputs (lists, float64) give the same rows."""
+    s, vecs = filled
+    r = Router.build(s, k=3, l=3)
+    q = np.ascontiguousarray(vecs[:4], np.float32)
+    got = r.prepare_queries(q)
+    np.testing.assert_allclose(got, q / np.linalg.norm(q, axis=1, keepdims=True), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(r.prepare_queries(q.astype(np.float64).tolist()), got)
+    for row, col, value, match in ((2, 7, np.nan, "NaN"), (3, 0, np.inf, "NaN"), (1, None, 0.0, "zero vector")):
+        b = q.copy()
+        b[row, slice(None) if col is None else col] = value
+        for call in (r.prepare_queries, r.search_batch, lambda x: r.search(x[row])):
+            with pytest.raises(BadVectorError, match=match):
+                call(b)
+
+
 def test_router_file_from_another_collection(tmp_path, fmnist_small):
     vecs, _, _ = fmnist_small
     a = open_store(tmp_path / "a", dim=vecs.shape[1])

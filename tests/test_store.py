@@ -163,6 +163,21 @@ def test_bad_vectors_are_refused_and_nothing_changes(make_store, bad, err):
     assert s.search(good[0], k=1, exact=True)[0].id == 0
 
 
+def test_check_vectors_finds_every_non_finite_row_and_keeps_huge_finite_ones():
+    """check_vectors' one-sum test: rows of the largest float32 values pass (their sum overflows float32, not
+    float64); inf and -inf in one row (a NaN sum) and a NaN in any row are refused, naming the rows."""
+    from plugin.store.base import check_vectors
+
+    huge = np.full((3, 1280), np.finfo(np.float32).max, np.float32)
+    huge[1] *= -1
+    np.testing.assert_array_equal(check_vectors(huge, 1280), huge)
+    mixed = np.zeros((4, 3), np.float32)
+    mixed[1, :2] = [np.inf, -np.inf]
+    mixed[3, 2] = np.nan
+    with pytest.raises(BadVectorError, match=r"2 vector\(s\) contain NaN or inf \(rows \[1, 3\]"):
+        check_vectors(mixed, 3)
+
+
 def test_empty_collection_search_errors(make_store):
     s = make_store(8)
     with pytest.raises(EmptyCollectionError, match="empty"):
@@ -279,6 +294,32 @@ def test_edge_routed_layout_survives_reopen(tmp_path, fmnist_small):
 
 
 # A crash is simulated by a child process that runs one EdgeStore operation and calls os._exit at the
+
+def test_edge_search_pool_is_set_at_every_open(tmp_path, fmnist_small):
+    """The engine's search pool size (SEARCH_THREADS by default) reaches a new shard, survives cluster_by, and
+    an open with another value changes it; the shard keeps its layout and points either way."""
+    import json
+
+    from plugin.store.edge import SEARCH_THREADS, EdgeStore
+
+    vecs, wnids, _ = fmnist_small
+    cfg = lambda: json.loads((tmp_path / "sp" / "shard" / "edge_config.json").read_text())
+    s = open_store(tmp_path / "sp", dim=vecs.shape[1])
+    _fill(s, vecs, wnids)
+    assert cfg()["max_search_threads"] == SEARCH_THREADS == 1
+    s.cluster_by("leaf")
+    assert cfg()["max_search_threads"] == 1 and s.routed_layout
+    s.close()
+    s = EdgeStore(tmp_path / "sp", max_search_threads=3)
+    assert cfg()["max_search_threads"] == 3 and s.routed_layout and s.count() == len(vecs)
+    assert cfg()["quantization_config"] and cfg()["hnsw_config"]["m"] == 0
+    assert s.search(vecs[9], k=1, filter=Filter.of(leaf_in=[9 % 7]), exact=True, oversampling=2.0)[0].id == 10
+    s.close()
+    with EdgeStore(tmp_path / "sp") as s:
+        assert cfg()["max_search_threads"] == 1
+    with pytest.raises(HSearchError, match="max_search_threads"):
+        EdgeStore(tmp_path / "sp", max_search_threads=-1)
+
 # n-th step of its rename sequence (before a rename/replace, before an fsync of the directory or of the new
 # shard): nothing after that step runs, the OS releases the engine's lock, as after kill -9.
 _CRASH_CHILD = r"""

@@ -14,7 +14,10 @@ passes, since a 2-vCPU VM drifts):
   beforehand (what the engine itself costs for these points); the same request filtered to no point
   (the fixed cost of any engine call); building the request objects alone;
 * the engine's HNSW: ``store.search`` and the engine's ``query`` with prebuilt requests;
-* faiss IVF-Flat: ``index.search`` (its Python call included).
+* faiss IVF-Flat: ``index.search`` (its Python call included);
+* the engine's search pool (``EdgeStore(max_search_threads=...)``): both stores reopened alternately with
+  one thread, our default, and with the engine's own default, and their whole searches and engine calls
+  timed under each.
 
 The router and HNSW configurations are the cheapest of small sweeps here (``--nprobe`` x ``--s2``,
 ``--ef``); faiss the cheapest ``nprobe`` of an nlist-1024 index, the list count ``bench hkm`` found
@@ -23,7 +26,6 @@ fastest at 0.95. Records are one JSON object per line.
 from __future__ import annotations
 
 import argparse
-import array
 import json
 import shutil
 import tempfile
@@ -101,7 +103,7 @@ def run(limit=None, n_queries=1000, recall=0.95, tree=(16, 3), max_leaf=150, npr
             rescore=True, oversampling=router.oversampling))
 
         def request(i, f):
-            return qe.QueryRequest(limit=10, query=qe.Query.Nearest(array.array("f", qprep[i].tobytes())),
+            return qe.QueryRequest(limit=10, query=qe.Query.Nearest(memoryview(qprep[i])),
                                    filter=translate_filter(qe, f), with_payload=False, params=params)
 
         prebuilt = [request(i, filters[i]) for i in range(n)]
@@ -116,7 +118,7 @@ def run(limit=None, n_queries=1000, recall=0.95, tree=(16, 3), max_leaf=150, npr
         _, ef, h_rec = pick("hnsw m=16 ef", efs, lambda q, e: [h.id for h in hstore.search(q, k=10, hnsw_ef=e,
                                                                                            with_payload=False)])
         hparams = qe.SearchParams(hnsw_ef=ef)
-        hprebuilt = [qe.QueryRequest(limit=10, query=qe.Query.Nearest(array.array("f", qv[i].astype(np.float32).tobytes())),
+        hprebuilt = [qe.QueryRequest(limit=10, query=qe.Query.Nearest(memoryview(np.ascontiguousarray(qv[i], np.float32))),
                                      with_payload=False, params=hparams) for i in range(n)]
 
         # faiss IVF-Flat, one thread like the engine
@@ -164,6 +166,36 @@ def run(limit=None, n_queries=1000, recall=0.95, tree=(16, 3), max_leaf=150, npr
             log(f"{method:<7} {layer:<40} {ms:7.3f} ms")
         for s in (store, hstore):
             s.close()
+        # the engine's search pool: both stores reopened with one thread (our default) and with the engine's
+        # own default, alternately, the same layers timed each time
+        pool = {}
+        for _ in range(passes):
+            for threads in (1, 0):
+                label = "1 thread (ours)" if threads else "engine default"
+                rstore, hs = EdgeStore(work / "router", max_search_threads=threads), \
+                    EdgeStore(work / "hnsw", max_search_threads=threads)
+                rt = Router.open(rstore)
+                got = _best_ms({
+                    ("router", f"router.search (whole), search pool {label}"): lambda i: rt.search(
+                        qv[i], k=10, mode="probe", nprobe=nprobe, s2=s2, with_payload=False),
+                    ("router", f"engine query, request prebuilt, search pool {label}"):
+                        lambda i: rstore._shard.query(prebuilt[i]),
+                    ("router", f"engine query matching no point, search pool {label}"):
+                        lambda i: rstore._shard.query(nothing[i]),
+                    ("hnsw", f"store.search (whole), search pool {label}"): lambda i: hs.search(
+                        qv[i], k=10, hnsw_ef=ef, with_payload=False),
+                    ("hnsw", f"engine query, request prebuilt, search pool {label}"):
+                        lambda i: hs._shard.query(hprebuilt[i]),
+                }, n, 1)
+                for key, ms in got.items():
+                    pool[key] = min(pool.get(key, float("inf")), ms)
+                rt.close()
+                for s in (rstore, hs):
+                    s.close()
+        for (method, layer), ms in sorted(pool.items(), key=lambda kv: (kv[0][0] != "router", kv[0][1])):
+            records.append({**base, "method": method, "config": configs[method], "recall_at_10": recalls[method],
+                            "layer": layer, "ms_per_query": ms})
+            log(f"{method:<7} {layer:<40} {ms:7.3f} ms")
         return records
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -26,7 +26,7 @@ import numpy as np
 
 from plugin.errors import BadVectorError, EmptyCollectionError, RouterError
 from plugin.router import maintenance
-from plugin.router.kernels import nearest_leaf_batch, probe_batch
+from plugin.router.kernels import nearest_leaf_batch, probe_batch, unit_rows
 from plugin.router.modes import ModeContext, as_plan, get_mode, route
 from plugin.router.rwlock import RWLock
 from plugin.router.state import commit_staged, load_committed, save_state, staged_path, state_path
@@ -209,18 +209,18 @@ class Router:
 
     # ---- search -------------------------------------------------------------------------------
     def prepare_queries(self, vecs) -> np.ndarray:
-        # a float32 (N, dim) batch under cosine is checked by its squared norms alone (NaN or inf in a row
-        # makes its norm non-finite); anything else, or a non-finite norm, gets check_vectors and its error
-        trusted = self.tree.metric == "cosine" and isinstance(vecs, np.ndarray) and vecs.dtype == np.float32 \
-            and vecs.ndim == 2 and vecs.shape[1] == self.store.dim
-        q = vecs if trusted else check_vectors(vecs, self.store.dim)  # C-contiguous float32
-        if self.tree.metric == "cosine":
-            sq = np.einsum("ij,ij->i", q, q)
-            if trusted and not np.isfinite(sq).all():
-                check_vectors(q, self.store.dim)
-            if not sq.all():
-                raise BadVectorError("a zero vector has no direction: cosine search needs a non-zero query")
-            q = q / np.sqrt(sq)[:, None]
+        """Queries as a C-contiguous float32 (N, dim) array, unit rows under cosine; a
+        :class:`BadVectorError` for a wrong shape, NaN, inf or (cosine) a zero vector. A float32 batch
+        of the right shape is checked by its norms alone (:func:`kernels.unit_rows`, one call)."""
+        dim = self.store.dim
+        if self.tree.metric != "cosine":
+            return check_vectors(vecs, dim)
+        trusted = isinstance(vecs, np.ndarray) and vecs.dtype == np.float32 and vecs.ndim == 2 \
+            and vecs.shape[1] == dim
+        q, bad = unit_rows(vecs if trusted else check_vectors(vecs, dim))
+        if bad >= 0:
+            check_vectors(vecs, dim)  # raises for NaN or inf
+            raise BadVectorError("a zero vector has no direction: cosine search needs a non-zero query")
         return q
 
     def route(self, vecs, mode: str = "auto", **params) -> list[np.ndarray] | None:
@@ -277,15 +277,19 @@ class Router:
                 # a tree mode (leaf ids per query) and nothing else to score: one store call, no Plan. At one
                 # query per call our Python is what separates router.search from the layers it calls
                 # (docs/results/anatomy-fashion-mnist.md), so this path does as little as it can.
-                hits = self.store.search_leaves(Q, k, [np.append(lv, UNFILED) for lv in routed],
+                # leaf ids as Python lists from here on: a few dozen ids per query, where each NumPy call
+                # (append, fancy index, sum) costs more than the Python it replaces
+                ids = [lv.tolist() for lv in routed]
+                hits = self.store.search_leaves(Q, k, [lids + [UNFILED] for lids in ids],
                                                 oversampling=self.oversampling, with_payload=with_payload)
                 t2 = time.perf_counter()
                 timing = _timing(t0, t1, t2, len(Q))
+                sizes = flat.leaf_sizes
                 out = []
-                for h, lv in zip(hits, routed):
-                    lids = sorted(lv.tolist())  # a few dozen ids: Python's sort and sum beat NumPy's call overhead
-                    out.append(SearchResult(h, _stats(mode, used, None, int(sum(flat.leaf_counts[lids].tolist())),
-                                                      n, lids, False, timing)))
+                for h, lids in zip(hits, ids):
+                    lids.sort()
+                    out.append(SearchResult(h, _stats(mode, used, None, sum([sizes[i] for i in lids]), n, lids,
+                                                      False, timing)))
                 return out
             plan = as_plan(routed, len(Q))
             probe_hits, widened = self._run_probes(Q, plan.probes, k, restrict,

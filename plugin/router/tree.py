@@ -62,6 +62,9 @@ class FlatTree:
     code_scale: np.ndarray  # (n_nodes,) float32
     sqnorm: np.ndarray  # (n_nodes,) float32: |centroid|^2 of the float rows (for Euclidean distances)
     ones: np.ndarray  # (n_nodes,) float32: the scale of the float rows
+    #: ``leaf_counts`` as Python ints: a routed search's stats add up a few dozen of them per query,
+    #: which costs less in Python than one NumPy call does on the caches an engine call leaves
+    leaf_sizes: tuple
 
     @property
     def leaf_ids(self) -> np.ndarray:
@@ -324,6 +327,7 @@ class Tree:
         arrays = [cents, offsets, kids, leaf_of_node, np.asarray(self.depth, np.int32), self.leaf_counts()]
         for a in arrays + list(extra.values()):
             a.setflags(write=False)
+        extra["leaf_sizes"] = tuple(arrays[-1].tolist())
         return FlatTree(*arrays, metric=METRICS[self.metric], next_leaf_id=self.next_leaf_id,
                         n_leaves=int((leaf_of_node >= 0).sum()),
                         n_points=int(self._counts[0]) if self.n_nodes else 0, **extra)

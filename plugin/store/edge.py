@@ -32,6 +32,14 @@ META_FILE = "collection.json"
 #: Segments above this size (KB) are optimized (co-located by the principal field, quantized) by
 #: ``optimize()`` in the routed layout; the engine's default (10 MB) would leave small collections raw.
 ROUTED_INDEXING_THRESHOLD_KB = 1
+#: Threads in the engine's per-shard search pool (``EdgeConfig.max_search_threads``; 0 = the engine's
+#: CPU-derived default, 8 threads on this 2-core machine). The pool runs a query's per-segment reads in
+#: parallel, and our collections are one optimized segment plus an empty appendable one, so there is
+#: nothing to run in parallel while every query still pays for the handoff: one thread cut the
+#: engine's fixed cost per query (an empty-filter call) and both the routed and the HNSW query times
+#: (docs/results/anatomy-fashion-mnist.md, "search pool"). A collection with many large segments on a
+#: many-core machine may want 0.
+SEARCH_THREADS = 1
 CREATING_FILE = "collection.json.creating"  # a creation in progress: renamed to META_FILE when it completes
 log = logging.getLogger(__name__)
 
@@ -62,11 +70,18 @@ class EdgeStore(Store):
     """
 
     def __init__(self, path: str | os.PathLike, dim: int | None = None, distance: str = "cosine",
-                 hnsw_m: int | None = None):
-        """``hnsw_m``: the HNSW graph's edges per node for a new collection (None: the engine's default)."""
+                 hnsw_m: int | None = None, max_search_threads: int = SEARCH_THREADS):
+        """``hnsw_m``: the HNSW graph's edges per node for a new collection (None: the engine's default).
+        ``max_search_threads``: the engine's search pool for this opener (see :data:`SEARCH_THREADS`);
+        the engine records it in the shard's ``edge_config.json``, and every open sets it again."""
         qe = _qe()
+        if isinstance(max_search_threads, bool) or int(max_search_threads) != max_search_threads \
+                or max_search_threads < 0:
+            raise HSearchError(f"max_search_threads must be an integer >= 0 (0: the engine's default), "
+                               f"got {max_search_threads!r}")
         self._hnsw_m = hnsw_m
-        self._params_cache: dict = {}  # oversampling -> SearchParams (see _rescore_params)
+        self._search_threads = int(max_search_threads)
+        self._params_cache: dict = {}  # (exact, hnsw_ef, oversampling) -> SearchParams (see _params)
         self.path = Path(path)
         self.name = self.path.name
         meta_path = self.path / META_FILE
@@ -157,9 +172,9 @@ class EdgeStore(Store):
         if not routed:
             hnsw = None if self._hnsw_m is None else qe.HnswIndexConfig(m=int(self._hnsw_m), ef_construct=100,
                                                                          full_scan_threshold=10_000)
-            return qe.EdgeConfig(vectors=vectors, hnsw_config=hnsw)
+            return qe.EdgeConfig(vectors=vectors, hnsw_config=hnsw, max_search_threads=self._search_threads)
         return qe.EdgeConfig(
-            vectors=vectors,
+            vectors=vectors, max_search_threads=self._search_threads,
             hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
             quantization_config=qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True),
             optimizers=qe.EdgeOptimizersConfig(indexing_threshold=ROUTED_INDEXING_THRESHOLD_KB))
@@ -173,8 +188,11 @@ class EdgeStore(Store):
         return int((cfg.get("hnsw_config") or {}).get("m", 16)) == 0 and bool(cfg.get("quantization_config"))
 
     def _load(self, qe):
+        # the vector params are required beside any other setting; the rest stays as the shard has it
+        config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=self.dim, distance=_distance(qe, self.distance)),
+                               max_search_threads=self._search_threads)
         try:
-            return qe.EdgeShard.load(str(self.path / "shard"))
+            return qe.EdgeShard.load(str(self.path / "shard"), config)
         except Exception as e:  # the binding raises a bare Exception
             if "WouldBlock" in str(e):
                 raise StoreLockedError(
@@ -296,38 +314,42 @@ class EdgeStore(Store):
             self._shard.update(qe.UpdateOperation.set_payload([int(i) for i in ids], payload))
 
     def _search_batch(self, vectors, k, filters, exact, hnsw_ef, with_payload, oversampling=None):
-        qe = _qe()
-        if oversampling is not None:  # routed layout: no graph, so a non-exact search scans the int8 copy
-            params = self._rescore_params(oversampling)
-        else:
-            params = qe.SearchParams(exact=bool(exact), hnsw_ef=hnsw_ef)
-        return self._query(vectors, k, [_edge_filter(qe, f) for f in filters], params, with_payload)
+        # routed layout and an oversampling: no graph, so a non-exact search scans the int8 copy
+        params = self._params(oversampling=oversampling) if oversampling is not None else \
+            self._params(exact=bool(exact), hnsw_ef=hnsw_ef)
+        return self._query(vectors, k, [_edge_filter(_qe(), f) for f in filters], params, with_payload)
 
     def _search_leaves(self, vectors, k, leaves, with_payload, oversampling):
         """The leaf condition built straight in the engine's terms (one ``MatchAny`` on ``leaf``)."""
         qe = _qe()
-        params = self._rescore_params(oversampling) if oversampling is not None else qe.SearchParams(exact=True)
-        filters = [qe.Filter(must=[qe.FieldCondition(key="leaf", match=qe.MatchAny(any=np.asarray(l, np.int64).tolist()))])
-                   for l in leaves]
+        params = self._params(oversampling=oversampling) if oversampling is not None else self._params(exact=True)
+        filters = [qe.Filter(must=[qe.FieldCondition(key="leaf", match=qe.MatchAny(
+            any=l if type(l) is list else np.asarray(l, np.int64).tolist()))]) for l in leaves]
         return self._query(vectors, k, filters, params, with_payload)
 
-    def _rescore_params(self, oversampling: float):
-        """Search params of the routed layout's int8 scan with float rescoring (one object per value:
-        they are immutable, and building one is a few microseconds of every routed query)."""
-        if oversampling not in self._params_cache:
+    def _params(self, exact: bool = False, hnsw_ef: int | None = None, oversampling: float | None = None):
+        """The engine's search params, one object per setting: they are immutable, and building one is a
+        few microseconds of every query. ``oversampling``: the routed layout's int8 scan with float
+        rescoring of the best ``k * oversampling``."""
+        key = (exact, hnsw_ef, oversampling)
+        params = self._params_cache.get(key)
+        if params is None:
             qe = _qe()
-            self._params_cache[oversampling] = qe.SearchParams(exact=False, quantization=qe.QuantizationSearchParams(
-                rescore=True, oversampling=oversampling))
-        return self._params_cache[oversampling]
+            params = qe.SearchParams(exact=exact, hnsw_ef=hnsw_ef) if oversampling is None else qe.SearchParams(
+                exact=False, quantization=qe.QuantizationSearchParams(rescore=True, oversampling=oversampling))
+            self._params_cache[key] = params
+        return params
 
     def _query(self, vectors, k, engine_filters, params, with_payload):
         qe = _qe()
         # Payloads come from one ``retrieve`` of the final hits, not from the query: asked of the query, the
         # engine reads them for more candidates than it returns (measured on 10k Fashion-MNIST, 16 leaves,
         # int8 rescore: 0.153 ms a query with payload, 0.110 without, 0.125 without + retrieve of the 10 hits).
-        # The query vector goes in as an ``array('f')``: the binding reads it 1.5x faster than a list of
-        # Python floats (18 vs 27 us for 1280-d, measured), which at 0.3 ms a query is worth having.
-        reqs = [qe.QueryRequest(limit=k, query=qe.Query.Nearest(array.array("f", v.tobytes())), filter=f,
+        # The query vector goes in as a memoryview of its float32 row (``vectors`` is C-contiguous float32):
+        # the binding reads one element at a time whatever it gets, and for 1280-d it took 16 us from a
+        # memoryview, 22 from an ``array('f')`` and 24 from a list (hot loop, measured), a few percent
+        # of a routed query.
+        reqs = [qe.QueryRequest(limit=k, query=qe.Query.Nearest(memoryview(v)), filter=f,
                                 with_payload=False, params=params)
                 for v, f in zip(vectors, engine_filters)]
         out = self._shard.query_batch(qe.QueryBatchRequest(reqs)) if len(reqs) > 1 else [self._shard.query(reqs[0])]
