@@ -7,7 +7,8 @@ baseline reaching recall@10 >= ``--recall`` on 60k Fashion-MNIST and times the l
 one, in the same process, on the same 1000 test queries (each layer best of ``--passes`` interleaved
 passes, since a 2-vCPU VM drifts):
 
-* the router: ``router.search`` whole; routing alone (``router.route``); the probe kernel on the int8
+* the router: ``router.search`` whole; routing alone (``router.route``); the query check and
+  normalisation (``router.prepare_queries``); the probe kernel on the int8
   codes it routes on and on the float centroids; the store call it makes (``store.search_leaves``) and
   the generic one with the leaf filter already made (``store.search_batch``); the engine's ``query``
   with every request object built
@@ -138,6 +139,8 @@ def run(limit=None, n_queries=1000, recall=0.95, tree=(16, 3), max_leaf=150, npr
             ("router", "router.search (whole)"): lambda i: router.search(qv[i], k=10, mode="probe", nprobe=nprobe,
                                                                          s2=s2, with_payload=False),
             ("router", "routing alone (router.route)"): lambda i: router.route(qv[i], mode="probe", nprobe=nprobe, s2=s2),
+            ("router", "query check and normalisation (router.prepare_queries)"): lambda i: router.prepare_queries(
+                qv[i:i + 1]),
             ("router", "probe kernel on int8 codes (what probe uses)"): lambda i: kernels.probe_batch(
                 qprep[i:i + 1], *flat.rows(quantized=True), *topo, nprobe, s2),
             ("router", "probe kernel on float centroids"): lambda i: kernels.probe_batch(

@@ -30,9 +30,10 @@ INTENSIVE, RELAXED, AUTO = 0, 1, 2
 def unit_rows(Q):
     """``Q``'s rows scaled to unit length (float32), and the first row whose squared norm is not a
     positive finite number (NaN or inf in it, or all zeros), -1 if none: the router's query check and
-    normalisation in one call, where NumPy takes four, each 5-10 us on the caches an engine call leaves
-    behind (docs/results/anatomy-fashion-mnist.md). The norm is summed in float64 without fastmath, so a
-    NaN is never assumed away; rows after a bad one are left unwritten."""
+    normalisation in one call where NumPy took four. At one query per call such fixed steps, not the
+    arithmetic, are what ``router.search`` adds to the layers it calls (the whole-search and layer rows
+    of docs/results/anatomy-fashion-mnist.md). The norm is summed in float64 without fastmath, so a NaN
+    is never assumed away; rows after a bad one are left unwritten."""
     B, D = Q.shape
     out = np.empty((B, D), np.float32)
     for b in range(B):

@@ -277,8 +277,8 @@ class Router:
                 # a tree mode (leaf ids per query) and nothing else to score: one store call, no Plan. At one
                 # query per call our Python is what separates router.search from the layers it calls
                 # (docs/results/anatomy-fashion-mnist.md), so this path does as little as it can.
-                # leaf ids as Python lists from here on: a few dozen ids per query, where each NumPy call
-                # (append, fancy index, sum) costs more than the Python it replaces
+                # leaf ids as Python lists from here on: a few dozen ids per query, for which the engine's
+                # MatchAny, the stats' sort and sum need no NumPy call (append, fancy index, sum)
                 ids = [lv.tolist() for lv in routed]
                 hits = self.store.search_leaves(Q, k, [lids + [UNFILED] for lids in ids],
                                                 oversampling=self.oversampling, with_payload=with_payload)

@@ -63,7 +63,7 @@ class FlatTree:
     sqnorm: np.ndarray  # (n_nodes,) float32: |centroid|^2 of the float rows (for Euclidean distances)
     ones: np.ndarray  # (n_nodes,) float32: the scale of the float rows
     #: ``leaf_counts`` as Python ints: a routed search's stats add up a few dozen of them per query,
-    #: which costs less in Python than one NumPy call does on the caches an engine call leaves
+    #: for which a Python sum needs no NumPy call (fancy index, sum, conversion)
     leaf_sizes: tuple
 
     @property
