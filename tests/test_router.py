@@ -404,6 +404,24 @@ def test_row_distance_matches_node_distance(fmnist_small, metric):
     assert not np.allclose(cod, want, rtol=0, atol=1e-9)  # the codes are coarser than the floats
 
 
+@pytest.mark.parametrize("metric", ["cosine", "l2", "dot"])
+def test_centroid_distances_are_maintenance_distances(fmnist_small, metric):
+    """The split's neighbour search (one numba pass over raw, not unit, centroid rows of chosen nodes) gives
+    maintenance's NumPy distances in all three metrics, so the same leaves are nearest."""
+    from plugin.router.kernels import centroid_distances
+    from plugin.router.maintenance import _dist
+    from plugin.router.tree import METRICS
+
+    vecs = fmnist_small[0][:60].astype(np.float32)
+    rows = vecs[:50] * np.linspace(0.5, 3, 50, dtype=np.float32)[:, None]  # means, of any length
+    nodes = np.array([3, 17, 0, 44, 9, 31, 28], np.int64)
+    q = vecs[55].astype(np.float64) * 1.7
+    got = centroid_distances(q, rows, nodes, METRICS[metric])
+    want = _dist(metric, q[None].astype(np.float32), rows[nodes])[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert np.argsort(got).tolist() == np.argsort(want).tolist()
+
+
 def test_tree_modes_answer_alike_on_the_short_path_and_under_a_filter(make_store, fmnist_small):
     """A tree mode with no filter takes one store call (``search_leaves``, no Plan); under a filter every
     point passes it takes the general path. Same hits, scores and stats either way."""
@@ -423,3 +441,20 @@ def test_tree_modes_answer_alike_on_the_short_path_and_under_a_filter(make_store
             assert {k: v for k, v in a.stats.items() if k not in drop} == \
                 {k: v for k, v in b.stats.items() if k not in drop}
             assert a.stats["operands"] == int(r.leaf_counts[a.stats["leaves"]].sum()) > 0
+
+
+@pytest.mark.parametrize("n, dim", [(40, 64), (90, 16)])
+def test_halve_splits_along_the_first_principal_direction(n, dim):
+    """The split fallback halves a leaf at the median of its points' first principal direction, whether it
+    has fewer points than dimensions (Gram-matrix eigenvector) or more (SVD): two near-duplicate groups
+    apart along one direction come out as the two halves."""
+    from plugin.router.tree import _halve
+
+    rng = np.random.default_rng(3)
+    axis = rng.normal(size=dim)
+    side = rng.permutation(np.repeat([-1.0, 1.0], n // 2))
+    vecs = (side[:, None] * axis * 3 + rng.normal(size=(n, dim)) * 0.05 + 10).astype(np.float32)
+    a, b = _halve(vecs)
+    assert len(a) == len(b) == n // 2
+    assert sorted(np.concatenate([a, b]).tolist()) == list(range(n))
+    assert len(set(side[a].tolist())) == 1 and len(set(side[b].tolist())) == 1 and side[a][0] != side[b][0]

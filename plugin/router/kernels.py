@@ -157,6 +157,30 @@ def route_batch(Q, centroids, child_offsets, children, leaf_of_node, metric, mod
     return out, counts
 
 
+@numba.njit(cache=True, fastmath=True)
+def centroid_distances(q, centroids, nodes, metric):
+    """Distances from ``q`` to the centroid rows ``nodes`` of the live tree's (not unit) centroids: metric 0
+    1 - q.c / |c|, 1 Euclidean, 2 -q.c, as ``maintenance._dist``. One pass over the rows it reads, where
+    NumPy copied the rows, then normalised the copy: a split's neighbour search over every leaf."""
+    out = np.empty(nodes.shape[0])
+    for i in range(nodes.shape[0]):
+        node = nodes[i]
+        dot, cc, sq = 0.0, 0.0, 0.0
+        for j in range(q.shape[0]):
+            c = np.float64(centroids[node, j])
+            dot += q[j] * c
+            cc += c * c
+            t = q[j] - c
+            sq += t * t
+        if metric == 1:
+            out[i] = np.sqrt(sq)
+        elif metric == 0:
+            out[i] = 1.0 - dot / max(np.sqrt(cc), 1e-12)
+        else:
+            out[i] = -dot
+    return out
+
+
 @numba.njit(cache=True)
 def nearest_leaf(q, centroids, child_offsets, children, leaf_of_node, metric):
     """Greedy descent (one node per level): the leaf a new point is filed under."""

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from plugin.router.tree import _halve, _split
+from plugin.router.kernels import centroid_distances
+from plugin.router.tree import METRICS, _halve, _split
 from plugin.store.base import Filter, check_ids, check_payloads, check_vectors
 
 NEIGHBOURS = 3
@@ -61,11 +62,13 @@ def _move(router, ids, vecs, old_leaf, new_leaf) -> tuple[int, list[int]]:
 
 
 def _nearest_leaves(tree, centroid: np.ndarray, exclude: set, n: int) -> list[int]:
-    lids = [x for x in tree.leaf_ids().tolist() if x not in exclude]
+    """The ``n`` leaves nearest ``centroid`` (ids in ``exclude`` left out), over every leaf of the live tree."""
+    lids = [x for x in sorted(tree.leaf_node) if x not in exclude]
     if not lids:
         return []
-    d = _dist(tree.metric, centroid[None].astype(np.float32), tree.leaf_centroids(lids))[0]
-    return [lids[i] for i in np.argsort(d)[:n]]
+    nodes = np.fromiter((tree.leaf_node[x] for x in lids), np.int64, count=len(lids))
+    d = centroid_distances(np.asarray(centroid, np.float64), tree.centroids, nodes, METRICS[tree.metric])
+    return [lids[i] for i in np.argsort(d, kind="stable")[:n]]
 
 
 def reassign_local(router, changed: list[int], known=None) -> tuple[int, list[int]]:

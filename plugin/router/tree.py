@@ -401,8 +401,14 @@ def _halve(vecs: np.ndarray) -> list[np.ndarray]:
     nearly everything in one cluster (near-duplicate images do that), so a leaf past ``split_bound``
     always splits, into halves no smaller than ``merge_bound`` (the bounds keep split >= 2 x merge)."""
     centred = vecs - vecs.mean(0)
-    direction = np.linalg.svd(centred, full_matrices=False)[2][0]
-    order = np.argsort(centred @ direction, kind="stable")
+    if len(centred) < centred.shape[1]:
+        # the projections on the first principal direction are s1 * u1 (X v1 = s1 u1): u1, the top
+        # eigenvector of the n x n Gram matrix, orders the points the same way, at a ninth of a full SVD's
+        # time for a leaf of 320 points x 1280-d (10 vs 88 ms, measured)
+        proj = np.linalg.eigh(centred @ centred.T)[1][:, -1]
+    else:
+        proj = centred @ np.linalg.svd(centred, full_matrices=False)[2][0]
+    order = np.argsort(proj, kind="stable")
     half = len(order) // 2
     return [np.sort(order[:half]), np.sort(order[half:])]
 
