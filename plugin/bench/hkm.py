@@ -108,6 +108,11 @@ def _timed_search(fn, queries, warmup: int = 20):
 #: one call, and a single call is at the mercy of this machine's neighbours (a router pass measured
 #: 2217 then 4042 q/s back to back); every method gets the same passes.
 BATCH_PASSES = 3
+#: The summary's one-query times: each method's ``RETIME_CANDIDATES`` fastest sweep configurations reaching a
+#: target, re-timed in ``RETIME_PASSES`` interleaved passes, best pass counted. A sweep row is one pass over
+#: the queries, taken minutes apart from its rivals, and this VM's neighbours move such a pass a lot: the
+#: same router configuration (16x3 probe nprobe=32 s2=0.05) swept 0.291 ms in one run and 0.441 in the next.
+RETIME_CANDIDATES, RETIME_PASSES = 3, 3
 
 
 def _timed_batches(fn, queries, batch: int, passes: int = BATCH_PASSES) -> tuple[list, float]:
@@ -200,6 +205,7 @@ def run(dataset: str, encoder_name: str = "mobilenet_v2", device: str = "auto", 
             _faiss_rows(b)
             _hnsw_rows(b, workdir, enc.dim)
         _target_rows(b, routers)
+        _retime_rows(b, routers)
         _batch_rows(b, routers, workdir)
         _refine_rows(b, trees[0], workdir, enc.dim, routers)
         if incremental:
@@ -388,17 +394,15 @@ def _batch_rows(b: Bench, routers: dict, workdir: Path) -> None:
     import faiss
 
     for want in TARGETS:
-        picks = {m: cheapest(b.records, m, want) for m in ("hkm-router", "faiss IVF-Flat", "qdrant-edge HNSW")}
+        picks = {m: cheapest(b.records, m, want, _summary_section(b.records))
+                 for m in ("hkm-router", "faiss IVF-Flat", "qdrant-edge HNSW")}
         for method, rec in picks.items():
             if rec is None:
                 continue
             for batch in BATCHES:
                 runs = []
                 if method == "hkm-router":
-                    router = routers[(rec["k"], rec["l"])]
-                    params = {"recall": rec["target_recall"]} if rec["mode"] == "target" else \
-                        {"s2": rec["s2"]} if rec["mode"] == "relaxed" else \
-                        {"nprobe": rec["nprobe"], "s2": rec["s2"]} if rec["mode"] == "probe" else {}
+                    router, params = routers[(rec["k"], rec["l"])], _router_params(rec)
                     runs.append(("1 core", lambda Q: _ids(router.search_batch(Q, 10, mode=rec["mode"], with_payload=False,
                                                                               **params))))
                 elif method == "faiss IVF-Flat":
@@ -423,6 +427,64 @@ def _batch_rows(b: Bench, routers: dict, workdir: Path) -> None:
                     b.log(f"batch {method:<18} {out['config']:<28} target {want} batch {batch:>4} {threads:<8} "
                           f"{qps:8.0f} q/s recall@10 {out['recall_at_10']:.4f}")
     faiss.omp_set_num_threads(os.cpu_count() or 1)
+
+
+def _router_params(rec: dict) -> dict:
+    """A router search record's mode parameters, as ``router.search`` takes them."""
+    return {"recall": rec["target_recall"]} if rec["mode"] == "target" else \
+        {"s2": rec["s2"]} if rec["mode"] == "relaxed" else \
+        {"nprobe": rec["nprobe"], "s2": rec["s2"]} if rec["mode"] == "probe" else {}
+
+
+def _summary_section(records) -> str:
+    """Where the summary's one-query times come from: the re-timed candidates when the run has them
+    (results made before they existed have only the sweep)."""
+    return "retime" if any(r.get("section") == "retime" for r in records) else "search"
+
+
+def _retime_rows(b: Bench, routers: dict) -> None:
+    """Re-time each method's ``RETIME_CANDIDATES`` fastest sweep rows reaching each target: every candidate
+    one pass per round, ``RETIME_PASSES`` rounds, best pass counted; one ``retime`` record per (target,
+    candidate), carrying the sweep's time beside it."""
+    import faiss
+
+    def search_fn(rec):
+        if rec["method"] == "hkm-router":
+            router, params = routers[(rec["k"], rec["l"])], _router_params(rec)
+            return lambda q: [h.id for h in router.search(q, k=10, mode=rec["mode"], with_payload=False, **params)]
+        if rec["method"] == "faiss IVF-Flat":
+            ivf = b.faiss_ivf[rec["nlist"]]
+
+            def fa(q):
+                ivf.nprobe = rec["nprobe"]
+                return ivf.search(q[None], 10)[1][0].tolist()
+            return fa
+        store = b.hnsw[rec["hnsw_m"]]
+        return lambda q: [h.id for h in store.search(q, k=10, hnsw_ef=rec["hnsw_ef"], with_payload=False)]
+
+    picks, cands = [], {}
+    for want in TARGETS:
+        for m in ("hkm-router", "faiss IVF-Flat", "qdrant-edge HNSW"):
+            ok = sorted((r for r in b.records if r.get("section") == "search" and r["method"] == m
+                         and r["recall_at_10"] >= want), key=lambda r: r["ms_per_query"])[:RETIME_CANDIDATES]
+            for r in ok:
+                picks.append((want, r))
+                cands.setdefault(id(r), (r, search_fn(r)))
+    if not cands:
+        return
+    faiss.omp_set_num_threads(1)  # one query at a time, one core, as in the sweep
+    best = {key: float("inf") for key in cands}
+    for _ in range(RETIME_PASSES):
+        for key, (rec, fn) in cands.items():
+            best[key] = min(best[key], _timed_search(fn, b.qv)[1])
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    for want, rec in picks:
+        out = {**rec, "section": "retime", "target": want, "ms_per_query": best[id(rec)],
+               "sweep_ms_per_query": rec["ms_per_query"], "passes": RETIME_PASSES}
+        out.pop("machine", None)
+        b.records.append(out)
+        b.log(f"retime {rec['method']:<18} {_config(rec):<28} target {want}: {best[id(rec)]:.3f} ms "
+              f"(best of {RETIME_PASSES}; sweep {rec['ms_per_query']:.3f}) recall@10 {rec['recall_at_10']:.4f}")
 
 
 def _config(r: dict) -> str:
@@ -597,7 +659,8 @@ def summary(records: list[dict]) -> list[dict]:
     """Per recall target: the fastest configuration of each method, and the router's ratios."""
     out = []
     for want in TARGETS:
-        best = {m: cheapest(records, m, want) for m in ("hkm-router", "faiss IVF-Flat", "qdrant-edge HNSW")}
+        best = {m: cheapest(records, m, want, _summary_section(records))
+                for m in ("hkm-router", "faiss IVF-Flat", "qdrant-edge HNSW")}
         r = best["hkm-router"]
         row = {"target": want, **{m: None if v is None else {"config": _config(v), "ms": v["ms_per_query"],
                                                              "recall_at_10": v["recall_at_10"],
@@ -631,9 +694,14 @@ def markdown(records: list[dict]) -> str:
         out += [f"Machine: {', '.join(f'{k} {v}' for k, v in r0['machine'].items())}.", ""]
     summ = summary(records)
     if any(s["hkm-router"] for s in summ):
+        retimed = _summary_section(records) == "retime"
         out += ["#### Summary: the fastest configuration of each method reaching a recall@10 target (one query at a "
-                "time; batched queries/s at batch 1000)", "",
-                "| recall@10 ≥ | method | configuration | recall@10 | ms/query | router is faster by | "
+                "time; batched queries/s at batch 1000)", ""]
+        if retimed:
+            out += [f"One-query times: each method's {RETIME_CANDIDATES} fastest sweep configurations reaching the "
+                    f"target, re-timed in {RETIME_PASSES} interleaved passes over the queries, best pass "
+                    "(the sweep's single pass is in the *retime* table below).", ""]
+        out += ["| recall@10 ≥ | method | configuration | recall@10 | ms/query | router is faster by | "
                 "build s | q/s batched |", "|---|---|---|---|---|---|---|---|"]
         for s in summ:
             for m in ("hkm-router", "faiss IVF-Flat", "qdrant-edge HNSW"):
@@ -671,6 +739,13 @@ def markdown(records: list[dict]) -> str:
                 "| method | mode | k | l | s2 | R@1 | retention | R@10 | operands | ms/query | route % | speedup |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         out += [_search_line(r, f) for r in ref]
+    ret = [r for r in records if r.get("section") == "retime"]
+    if ret:
+        out += ["", f"#### Retime: the summary's candidates, best of {ret[0]['passes']} interleaved passes", "",
+                "| recall@10 ≥ | method | configuration | recall@10 | sweep ms/query | re-timed ms/query |",
+                "|---|---|---|---|---|---|"]
+        out += [f"| {r['target']} | {r['method']} | {_config(r)} | {r['recall_at_10']:.4f} | "
+                f"{r['sweep_ms_per_query']:.3f} | {r['ms_per_query']:.3f} |" for r in ret]
     bat = [r for r in records if r.get("section") == "batch"]
     if bat:
         out += ["", "#### Batched search (queries/s)", "", f"Every query in batches of the given size; the best of "
