@@ -165,19 +165,19 @@ def centroid_distances(q, centroids, nodes, metric):
     out = np.empty(nodes.shape[0])
     for i in range(nodes.shape[0]):
         node = nodes[i]
-        dot, cc, sq = 0.0, 0.0, 0.0
+        if metric == 1:
+            sq = 0.0
+            for j in range(q.shape[0]):
+                t = q[j] - np.float64(centroids[node, j])
+                sq += t * t
+            out[i] = np.sqrt(sq)
+            continue
+        dot, cc = 0.0, 0.0
         for j in range(q.shape[0]):
             c = np.float64(centroids[node, j])
             dot += q[j] * c
-            cc += c * c
-            t = q[j] - c
-            sq += t * t
-        if metric == 1:
-            out[i] = np.sqrt(sq)
-        elif metric == 0:
-            out[i] = 1.0 - dot / max(np.sqrt(cc), 1e-12)
-        else:
-            out[i] = -dot
+            cc += c * c  # only cosine divides by it; summed in the same pass
+        out[i] = 1.0 - dot / max(np.sqrt(cc), 1e-12) if metric == 0 else -dot
     return out
 
 
