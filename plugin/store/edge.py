@@ -29,6 +29,7 @@ from plugin.fsutil import atomic_write_bytes, fsync_dir, fsync_tree
 from plugin.store.base import DISTANCES, Filter, Hit, NoFacetIndex, Store, to_record, translate_filter
 
 META_FILE = "collection.json"
+REPLICAS_DIR = "replicas"  # read replicas' copies (plugin.store.replicas)
 #: Segments above this size (KB) are optimized (co-located by the principal field, quantized) by
 #: ``optimize()`` in the routed layout; the engine's default (10 MB) would leave small collections raw.
 ROUTED_INDEXING_THRESHOLD_KB = 1
@@ -42,6 +43,12 @@ ROUTED_INDEXING_THRESHOLD_KB = 1
 SEARCH_THREADS = 1
 CREATING_FILE = "collection.json.creating"  # a creation in progress: renamed to META_FILE when it completes
 log = logging.getLogger(__name__)
+
+
+def _min_replica_batch() -> int:
+    from plugin.store.replicas import MIN_BATCH
+
+    return MIN_BATCH
 
 
 def _sort_key(v):
@@ -70,10 +77,12 @@ class EdgeStore(Store):
     """
 
     def __init__(self, path: str | os.PathLike, dim: int | None = None, distance: str = "cosine",
-                 hnsw_m: int | None = None, max_search_threads: int = SEARCH_THREADS):
+                 hnsw_m: int | None = None, max_search_threads: int = SEARCH_THREADS, read_replicas: int = 0):
         """``hnsw_m``: the HNSW graph's edges per node for a new collection (None: the engine's default).
         ``max_search_threads``: the engine's search pool for this opener (see :data:`SEARCH_THREADS`);
-        the engine records it in the shard's ``edge_config.json``, and every open sets it again."""
+        the engine records it in the shard's ``edge_config.json``, and every open sets it again.
+        ``read_replicas``: worker processes that score parts of large batches on copies of the
+        collection (:mod:`plugin.store.replicas`; :meth:`set_read_replicas`)."""
         qe = _qe()
         if isinstance(max_search_threads, bool) or int(max_search_threads) != max_search_threads \
                 or max_search_threads < 0:
@@ -82,6 +91,9 @@ class EdgeStore(Store):
         self._hnsw_m = hnsw_m
         self._search_threads = int(max_search_threads)
         self._params_cache: dict = {}  # (exact, hnsw_ef, oversampling) -> SearchParams (see _params)
+        self._replicas = None
+        #: writes made through this opener: read replicas copy the collection again when it moved
+        self.writes = 0
         self.path = Path(path)
         self.name = self.path.name
         meta_path = self.path / META_FILE
@@ -99,6 +111,8 @@ class EdgeStore(Store):
             self._recover_rewrite()
             self._shard = self._load(qe)
             self.routed_layout = self._read_layout()
+            # copies a crashed process's read replicas left (they were never the truth; ours holds the lock)
+            shutil.rmtree(self.path / REPLICAS_DIR, ignore_errors=True)
         elif dim is None:
             unfinished = " (an interrupted creation left files there; creating it again replaces them)" \
                 if (self.path / CREATING_FILE).exists() or (self.path / "shard").exists() else ""
@@ -112,6 +126,27 @@ class EdgeStore(Store):
             self.dim, self.distance = int(dim), distance
             self._create(qe)
         self._closed = False
+        if read_replicas:
+            self.set_read_replicas(read_replicas)
+
+    def set_read_replicas(self, n: int) -> None:
+        """Score batches of at least :data:`replicas.MIN_BATCH` queries across this process and ``n``
+        worker processes, each holding a copy of the collection (copied on the first such batch and
+        again after writes); 0 stops them and removes the copies. Results are the same as without
+        them; what they buy on 2 cores is in docs/results/hkm-fashion-mnist.md (batched rows)."""
+        from plugin.store.replicas import ReadReplicas
+
+        if isinstance(n, bool) or int(n) != n or n < 0:
+            raise HSearchError(f"read_replicas must be an integer >= 0, got {n!r}")
+        if self._replicas is not None:
+            self._replicas.close()
+            self._replicas = None
+        if n:
+            self._replicas = ReadReplicas(self, int(n))
+
+    @property
+    def read_replicas(self) -> int:
+        return 0 if self._replicas is None else self._replicas.n
 
     def _create(self, qe) -> None:
         """Create the collection so that a crash at any step leaves it complete or cleanly absent.
@@ -262,6 +297,7 @@ class EdgeStore(Store):
             raise
         self._shard = self._load(qe)
         self.routed_layout = self._read_layout()
+        self.writes += 1
         return {"points": len(ids), "seconds": time.perf_counter() - t0, "routed_layout": self.routed_layout}
 
     def _recover_rewrite(self) -> None:
@@ -301,31 +337,49 @@ class EdgeStore(Store):
         # ``array('f')`` rows: the binding reads a numpy row element by element (56 us per 1280-d point,
         # measured), a list of floats in 26 us, an array('f') in 18 us.
         pts = [qe.Point(int(i), array.array("f", v.tobytes()), p) for i, v, p in zip(ids, vectors, payloads)]
+        self.writes += 1
         self._shard.update(qe.UpdateOperation.upsert_points(pts))
 
     def _delete(self, ids):
         qe = _qe()
         if len(ids):
+            self.writes += 1
             self._shard.update(qe.UpdateOperation.delete_points([int(i) for i in ids]))
 
     def _set_payload(self, ids, payload):
         qe = _qe()
         if len(ids):
+            self.writes += 1
             self._shard.update(qe.UpdateOperation.set_payload([int(i) for i in ids], payload))
 
     def _search_batch(self, vectors, k, filters, exact, hnsw_ef, with_payload, oversampling=None):
+        if self._replicas is not None and len(vectors) >= _min_replica_batch():
+            return self._replicas.search("batch", vectors, k, list(filters), (exact, hnsw_ef, oversampling),
+                                         with_payload)
+        out = self._batch_here(vectors, k, filters, exact, hnsw_ef, oversampling)
+        return self.attach_payloads(out) if with_payload else out
+
+    def _batch_here(self, vectors, k, filters, exact, hnsw_ef, oversampling):
+        """Hits without payloads, scored by this process."""
         # routed layout and an oversampling: no graph, so a non-exact search scans the int8 copy
         params = self._params(oversampling=oversampling) if oversampling is not None else \
             self._params(exact=bool(exact), hnsw_ef=hnsw_ef)
-        return self._query(vectors, k, [_edge_filter(_qe(), f) for f in filters], params, with_payload)
+        return self._query(vectors, k, [_edge_filter(_qe(), f) for f in filters], params)
 
     def _search_leaves(self, vectors, k, leaves, with_payload, oversampling):
-        """The leaf condition built straight in the engine's terms (one ``MatchAny`` on ``leaf``)."""
+        if self._replicas is not None and len(vectors) >= _min_replica_batch():
+            return self._replicas.search("leaves", vectors, k, list(leaves), (oversampling,), with_payload)
+        out = self._leaves_here(vectors, k, leaves, oversampling)
+        return self.attach_payloads(out) if with_payload else out
+
+    def _leaves_here(self, vectors, k, leaves, oversampling):
+        """The leaf condition built straight in the engine's terms (one ``MatchAny`` on ``leaf``); hits
+        without payloads, scored by this process."""
         qe = _qe()
         params = self._params(oversampling=oversampling) if oversampling is not None else self._params(exact=True)
         filters = [qe.Filter(must=[qe.FieldCondition(key="leaf", match=qe.MatchAny(
             any=l if type(l) is list else np.asarray(l, np.int64).tolist()))]) for l in leaves]
-        return self._query(vectors, k, filters, params, with_payload)
+        return self._query(vectors, k, filters, params)
 
     def _params(self, exact: bool = False, hnsw_ef: int | None = None, oversampling: float | None = None):
         """The engine's search params, one object per setting: they are immutable, and building one is a
@@ -340,7 +394,7 @@ class EdgeStore(Store):
             self._params_cache[key] = params
         return params
 
-    def _query(self, vectors, k, engine_filters, params, with_payload):
+    def _query(self, vectors, k, engine_filters, params):
         qe = _qe()
         # Payloads come from one ``retrieve`` of the final hits, not from the query: asked of the query, the
         # engine reads them for more candidates than it returns (measured on 10k Fashion-MNIST, 16 leaves,
@@ -353,13 +407,18 @@ class EdgeStore(Store):
                                 with_payload=False, params=params)
                 for v, f in zip(vectors, engine_filters)]
         out = self._shard.query_batch(qe.QueryBatchRequest(reqs)) if len(reqs) > 1 else [self._shard.query(reqs[0])]
-        if not with_payload:
-            return [[Hit(int(p.id), float(p.score), {}) for p in res] for res in out]
-        ids = list({int(p.id) for res in out for p in res})
+        return [[Hit(int(p.id), float(p.score), {}) for p in res] for res in out]
+
+    @staticmethod
+    def hit(id_: int, score: float) -> Hit:
+        return Hit(int(id_), float(score), {})
+
+    def attach_payloads(self, hits: list[list[Hit]]) -> list[list[Hit]]:
+        """The hits' payloads, from one ``retrieve`` of every hit of the batch."""
+        ids = list({h.id for res in hits for h in res})
         payload = {int(r.id): r.payload or {} for r in self._shard.retrieve(ids, True, False)} if ids else {}
         # a hit deleted between the query and the retrieve (a writer outside the router's lock) is dropped
-        return [[Hit(int(p.id), float(p.score), payload[int(p.id)]) for p in res if int(p.id) in payload]
-                for res in out]
+        return [[Hit(h.id, h.score, payload[h.id]) for h in res if h.id in payload] for res in hits]
 
     def _retrieve(self, ids, with_vectors):
         recs = self._shard.retrieve([int(i) for i in ids], True, bool(with_vectors))
@@ -390,12 +449,14 @@ class EdgeStore(Store):
     def create_payload_index(self, field_name: str, kind: str) -> None:
         qe = _qe()
         schema = {"integer": qe.PayloadSchemaType.Integer, "keyword": qe.PayloadSchemaType.Keyword}[kind]
+        self.writes += 1
         self._shard.update(qe.UpdateOperation.create_field_index(field_name, schema))
 
     def payload_indexes(self) -> list[str]:
         return sorted(self._shard.info().payload_schema.keys())
 
     def optimize(self) -> None:
+        self.writes += 1
         self._shard.optimize()
 
     def state_dir(self) -> Path:
@@ -416,5 +477,6 @@ class EdgeStore(Store):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self.set_read_replicas(0)
             self._shard.flush()
             self._shard.close()

@@ -1,0 +1,234 @@
+"""Read replicas: copies of an embedded collection opened by worker processes, so that one batch of
+queries is scored on more than one core.
+
+Why processes: qdrant-edge's binding holds the GIL for the whole of a query (a Python thread beside it
+only runs between calls), a second opener of the same directory is refused (the WAL's lock), and the
+engine's search pool does not split one segment's queries over its threads: two equal segments with a
+pool of two still ran at one core's CPU time (measured on 20k x 64-d, int8 rescore). So an embedded
+collection answers one query at a time per process, where faiss IVF batches over every core; the
+batched rows of docs/results/hkm-fashion-mnist.md show both.
+
+A replica is a copy of the collection's ``collection.json`` and ``shard/`` (after a flush) under
+``<collection>/replicas/<i>/``, opened by a fresh interpreter (``python -m plugin.store.replicas``)
+that only reads it. Not ``multiprocessing``: fork would copy the engine's running threads, and spawn
+and forkserver re-run the caller's main script in the child, which without a ``__main__`` guard
+re-runs the caller's ingestion or deletions there. A batch is cut into ``n + 1`` contiguous parts: the calling
+process scores the first, each replica one of the others, and the hits come back as (id, score)
+pairs; payloads are read once, from the primary, for the final hits.
+
+Freshness: the store counts its writes (:attr:`EdgeStore.writes`). A batch that finds the count moved
+since the replicas were copied copies them again first, so a replica never answers from older data
+than the primary holds; the price is a copy (and a re-open) after every write burst, which a
+read-mostly workload pays once. A replica process that died, or failed, is replaced by the calling
+process scoring its part (with a warning), so a batch always gets its answer from the primary's data.
+
+Memory: each replica holds its own copy of the vectors (the int8 copy in RAM, floats memory-mapped).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import numpy as np
+
+from plugin.errors import HSearchError
+from plugin.fsutil import fsync_dir
+
+log = logging.getLogger(__name__)
+
+#: batches smaller than this are scored by the calling process alone: the hand-off to a replica
+#: (pickling the queries, a pipe round trip) costs about a millisecond, several queries' worth
+MIN_BATCH = 64
+REPLICAS_DIR = "replicas"
+
+
+def _worker(conn) -> None:
+    """A replica process: open a copy, answer search requests, close it when told; exit on ``None``."""
+    from plugin.store.edge import EdgeStore
+
+    store = None
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            break
+        if msg is None:
+            break
+        op, args = msg
+        try:
+            if op == "open":
+                store = EdgeStore(args, max_search_threads=1)
+                conn.send(("ok", store.count()))
+            elif op == "close":
+                if store is not None:
+                    store.close()
+                    store = None
+                conn.send(("ok", None))
+            else:
+                out = _score(store, op, args)
+                conn.send(("ok", [[(h.id, h.score) for h in hits] for hits in out]))
+        except Exception as e:  # sent back: the caller scores this part itself
+            conn.send(("error", f"{type(e).__name__}: {e}"))
+    if store is not None:
+        store.close()
+
+
+def _score(store, op: str, args: tuple):
+    """One part of a batch, without payloads, through the store's own primitives."""
+    if op == "leaves":
+        vectors, k, leaves, oversampling = args
+        return store._leaves_here(vectors, k, leaves, oversampling)
+    vectors, k, filters, exact, hnsw_ef, oversampling = args
+    return store._batch_here(vectors, k, filters, exact, hnsw_ef, oversampling)
+
+
+class _Replica:
+    """One worker process and its end of a socket pair (pickled messages, ``Connection`` framing)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        mine, theirs = socket.socketpair()
+        root = str(Path(__file__).resolve().parents[2])  # the checkout or site-packages holding ``plugin``
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "plugin.store.replicas", str(theirs.fileno())],
+                                     pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.conn = Connection(mine.detach())
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def call(self, op: str, args) -> tuple[str, object]:
+        self.conn.send((op, args))
+        return self.conn.recv()
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.conn.close()
+
+
+class ReadReplicas:
+    """``n`` worker processes, each holding a copy of ``store``'s collection (see the module doc)."""
+
+    def __init__(self, store, n: int):
+        if isinstance(n, bool) or int(n) != n or n < 1:
+            raise HSearchError(f"read replicas must be an integer >= 1, got {n!r}")
+        self.store, self.n = store, int(n)
+        self.root = Path(store.path) / REPLICAS_DIR
+        self.synced = None  # the store's write count the copies hold; None: not copied yet
+        self._live: list[_Replica] = []
+        self._lock = threading.Lock()  # one batch at a time: a pipe carries one request at a time
+        self.stats = {"refreshes": 0, "fallbacks": 0, "replica_parts": 0}
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Copy the collection again into every replica and re-open it there."""
+        for r in self._live:
+            if r.alive():
+                try:
+                    r.call("close", None)
+                except (OSError, EOFError):
+                    pass
+        for r in self._live:
+            if not r.alive():
+                r.stop()
+        self._live = [r for r in self._live if r.alive()]
+        used = {r.path.name for r in self._live}
+        free = (str(i) for i in range(2 * self.n) if str(i) not in used)
+        while len(self._live) < self.n:
+            self._live.append(_Replica(self.root / next(free)))
+        self.store.flush()
+        src = Path(self.store.path)
+        self.root.mkdir(exist_ok=True)
+        for r in self._live:
+            shutil.rmtree(r.path, ignore_errors=True)
+            r.path.mkdir()
+            shutil.copy2(src / "collection.json", r.path / "collection.json")
+            shutil.copytree(src / "shard", r.path / "shard")
+            fsync_dir(r.path)
+        for r in self._live:
+            status, value = r.call("open", str(r.path))
+            if status != "ok" or value != self.store.count():
+                raise HSearchError(f"a read replica of collection '{self.store.name}' could not open its copy: "
+                                   f"{value if status != 'ok' else f'{value} points, not {self.store.count()}'}")
+        self.synced = self.store.writes
+        self.stats["refreshes"] += 1
+
+    def close(self) -> None:
+        with self._lock:
+            for r in self._live:
+                r.stop()
+            self._live = []
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.synced = None
+
+    # ---- search -------------------------------------------------------------------------------
+    def search(self, op: str, vectors: np.ndarray, k: int, per_query: list, shared: tuple, with_payload: bool):
+        """Score a batch across the calling process and the replicas. ``per_query``: the leaves or
+        filters of each query (cut with the queries); ``shared``: the rest of the primitive's arguments."""
+        with self._lock:
+            if self.synced != self.store.writes or len(self._live) < self.n \
+                    or not all(r.alive() for r in self._live):
+                try:
+                    self.refresh()
+                except Exception as e:  # a full disk, a process that would not start: answer from here
+                    log.warning("read replicas of collection '%s' could not be refreshed (%s): scoring the "
+                                "batch here", self.store.name, e)
+                    self.synced = None
+                    self.stats["fallbacks"] += 1
+                    out = _score(self.store, op, _args(op, vectors, k, per_query, shared))
+                    return self.store.attach_payloads(out) if with_payload else out
+            parts = [p for p in np.array_split(np.arange(len(vectors)), self.n + 1) if len(p)]
+            sent = []
+            for r, idx in zip(self._live, parts[1:]):  # sent first: the replicas work while this process does
+                args = _args(op, vectors[idx[0]:idx[-1] + 1], k, per_query[idx[0]:idx[-1] + 1], shared)
+                try:
+                    r.conn.send((op, args))
+                    sent.append((r, idx, args))
+                except (OSError, ValueError):
+                    log.warning("read replica %s died: scoring its part here", r.path.name)
+                    sent.append((None, idx, args))
+            idx0 = parts[0]
+            out = _score(self.store, op, _args(op, vectors[idx0[0]:idx0[-1] + 1], k, per_query[idx0[0]:idx0[-1] + 1],
+                                               shared))
+            for r, idx, args in sent:
+                part = None
+                if r is not None:
+                    try:
+                        status, value = r.conn.recv()
+                        if status == "ok":
+                            part = value
+                        else:
+                            log.warning("read replica %s failed (%s): scoring its part here", r.path.name, value)
+                    except (EOFError, OSError):
+                        log.warning("read replica %s died: scoring its part here", r.path.name)
+                if part is None:
+                    self.stats["fallbacks"] += 1
+                    out += _score(self.store, op, args)
+                else:
+                    self.stats["replica_parts"] += 1
+                    out += [[self.store.hit(i, s) for i, s in hits] for hits in part]
+        return self.store.attach_payloads(out) if with_payload else out
+
+
+def _args(op: str, vectors, k, per_query, shared) -> tuple:
+    return (vectors, k, per_query, *shared)
+
+
+if __name__ == "__main__":  # a replica process: ``python -m plugin.store.replicas <socket fd>``
+    _worker(Connection(int(sys.argv[1])))

@@ -1,0 +1,127 @@
+"""Read replicas (plugin.store.replicas): worker processes scoring parts of a batch on copies of an
+embedded collection give exactly the primary's results, follow its writes, and survive a dead worker."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from plugin.errors import HSearchError
+from plugin.store import Filter
+from plugin.store import replicas as rep
+from plugin.store.edge import REPLICAS_DIR, EdgeStore
+
+
+def _hits(res):
+    return [[(h.id, round(h.score, 5), h.payload.get("leaf"), h.payload.get("label")) for h in r] for r in res]
+
+
+@pytest.fixture
+def routed(tmp_path, fmnist_small, monkeypatch):
+    monkeypatch.setattr(rep, "MIN_BATCH", 8)  # the 300-image collection's batches are small
+    vecs, wnids, _ = fmnist_small
+    s = EdgeStore(tmp_path / "c", dim=vecs.shape[1])
+    s.upsert(np.arange(1, len(vecs) + 1), vecs, [{"leaf": i % 12, "label": w} for i, w in enumerate(wnids)])
+    s.cluster_by("leaf")
+    yield s, vecs
+    s.close()
+
+
+def _leaves(n):
+    return [[(i + j) % 12 for j in range(4)] for i in range(n)]
+
+
+def test_replicas_give_the_primary_results(routed):
+    s, vecs = routed
+    q = vecs[:40]
+    want_leaves = s.search_leaves(q, 10, _leaves(40), oversampling=2.0)
+    filters = [Filter.of(leaf_in=[i % 12]) if i % 3 else None for i in range(40)]
+    want_batch = s.search_batch(q, 7, filters, exact=True)
+    s.set_read_replicas(2)
+    assert s.read_replicas == 2
+    assert _hits(s.search_leaves(q, 10, _leaves(40), oversampling=2.0)) == _hits(want_leaves)
+    assert _hits(s.search_batch(q, 7, filters, exact=True)) == _hits(want_batch)
+    no_payload = s.search_leaves(q, 10, _leaves(40), oversampling=2.0, with_payload=False)
+    assert [[h.id for h in r] for r in no_payload] == [[h.id for h in r] for r in want_leaves]
+    assert all(h.payload == {} for r in no_payload for h in r)
+    st = s._replicas.stats
+    # both replicas scored a part of each of the three batches, from one copy
+    assert st == {"refreshes": 1, "fallbacks": 0, "replica_parts": 6}
+    assert len(list((s.path / REPLICAS_DIR).iterdir())) == 2
+
+
+def test_small_batches_stay_in_this_process(routed):
+    s, vecs = routed
+    s.set_read_replicas(1)
+    s.search_leaves(vecs[:rep.MIN_BATCH - 1], 5, _leaves(rep.MIN_BATCH - 1))
+    assert s._replicas.stats["refreshes"] == 0 and not (s.path / REPLICAS_DIR).exists()
+
+
+def test_replicas_follow_every_write(routed, fmnist_small):
+    s, vecs = routed
+    s.set_read_replicas(1)
+    q, leaves = vecs[:30], _leaves(30)
+    first = s.search_leaves(q, 10, leaves)
+    gone = sorted({h.id for r in first for h in r})[:20]
+    s.delete(gone)
+    after = s.search_leaves(q, 10, leaves)
+    assert not {h.id for r in after for h in r} & set(gone)
+    s.set_payload([after[-1][0].id], {"label": "relabelled"})
+    assert s.search_leaves(q, 10, leaves)[-1][0].payload["label"] == "relabelled"
+    s.upsert([10_000], vecs[29:30], [{"leaf": 5, "label": "new"}])  # query 29 scores leaves 5-8
+    last = s.search_leaves(q, 10, leaves)
+    assert 10_000 in [h.id for h in last[29][:2]]  # the replica holding that query's part sees it (a tie with 30)
+    s._replicas, r = None, s._replicas
+    assert _hits(last) == _hits(s.search_leaves(q, 10, leaves))
+    s._replicas = r
+    assert r.stats["refreshes"] == 4 and r.stats["replica_parts"] == 4 and r.stats["fallbacks"] == 0
+
+
+def test_a_dead_replica_is_replaced_or_its_part_scored_here(routed, monkeypatch, caplog):
+    s, vecs = routed
+    s.set_read_replicas(1)
+    q, leaves = vecs[:20], _leaves(20)
+    want = _hits(s.search_leaves(q, 10, leaves))
+    r = s._replicas
+    r._live[0].proc.kill()
+    r._live[0].proc.wait()
+    assert _hits(s.search_leaves(q, 10, leaves)) == want  # seen dead before the batch: a new one is started
+    assert r.stats["refreshes"] == 2 and r.stats["fallbacks"] == 0
+    # dying while the batch is in flight: the part is scored by this process
+    monkeypatch.setattr(rep._Replica, "alive", lambda self: True)
+    r._live[0].proc.kill()
+    r._live[0].proc.wait()
+    assert _hits(s.search_leaves(q, 10, leaves)) == want
+    assert r.stats["fallbacks"] == 1 and "died" in caplog.text
+
+
+def test_close_stops_the_replicas_and_removes_their_copies(tmp_path, routed):
+    s, vecs = routed
+    s.set_read_replicas(1)
+    s.search_leaves(vecs[:20], 5, _leaves(20))
+    proc = s._replicas._live[0].proc
+    s.close()
+    assert proc.poll() is not None and not (s.path / REPLICAS_DIR).exists()
+    (s.path / REPLICAS_DIR / "0").mkdir(parents=True)  # what a crashed process's replicas would leave
+    again = EdgeStore(s.path)
+    assert not (s.path / REPLICAS_DIR).exists() and again.count() == len(vecs)
+    again.close()
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
+def test_bad_replica_counts_are_refused(routed, bad):
+    s, _ = routed
+    with pytest.raises(HSearchError, match="read_replicas"):
+        s.set_read_replicas(bad)
+    assert s.read_replicas == 0
+
+
+def test_router_batches_through_replicas_match(routed):
+    from plugin.router import Router
+
+    s, vecs = routed
+    router = Router.build(s, k=4, l=2, save=False)
+    want = router.search_batch(vecs[:32], k=10, mode="relaxed", s2=0.05)
+    s.set_read_replicas(1)
+    got = router.search_batch(vecs[:32], k=10, mode="relaxed", s2=0.05)
+    assert _hits(got) == _hits(want)
+    assert s._replicas.stats["replica_parts"] == 1
