@@ -458,3 +458,46 @@ def test_halve_splits_along_the_first_principal_direction(n, dim):
     assert len(a) == len(b) == n // 2
     assert sorted(np.concatenate([a, b]).tolist()) == list(range(n))
     assert len(set(side[a].tolist())) == 1 and len(set(side[b].tolist())) == 1 and side[a][0] != side[b][0]
+
+
+def test_int8_codes_are_the_rounded_scaled_rows(fmnist_small):
+    """The one-pass kernel gives exactly NumPy's codes and scales: rint of row / (max|row| / 127), clipped;
+    a zero row gets scale 1 and zero codes; a tiny row is still scaled to its own peak."""
+    from plugin.router.tree import int8_codes
+
+    rows = fmnist_small[0][:30].astype(np.float32) * np.linspace(-2, 3, 30, dtype=np.float32)[:, None]
+    rows[4] = 0
+    rows[7] *= np.float32(1e-30)
+    codes, scale = int8_codes(rows)
+    peak = np.abs(rows).max(axis=1)
+    want_scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    want = np.clip(np.rint(rows / want_scale[:, None]), -127, 127).astype(np.int8)
+    assert codes.dtype == np.int8 and np.array_equal(codes, want) and np.array_equal(scale, want_scale)
+    assert not codes[4].any() and scale[4] == 1 and np.abs(codes[7]).max() == 127
+
+
+def test_add_to_leaves_keeps_every_ancestor_sum_count_and_centroid(fmnist_small):
+    """Points added to (and taken out of) leaves land in the leaf and every ancestor: sums and counts equal
+    a recount from the points' leaves, centroids are the means of the nodes that hold points, an empty
+    node keeps its last mean, unknown leaf ids are ignored."""
+    from plugin.router.tree import Tree
+
+    vecs = fmnist_small[0][:90].astype(np.float32)
+    t = Tree(vecs.shape[1], "cosine", 2, 3)
+    root = t.add_node(-1, vecs.mean(0), is_leaf=False)
+    mids = [t.add_node(root, vecs[i], is_leaf=False) for i in (0, 1)]
+    leaves = [t.add_node(m, vecs[i], is_leaf=True) for i, m in enumerate([mids[0], mids[0], mids[1], mids[1]])]
+    lids = np.array([t.leaf_id[n] for n in leaves])
+    of = lids[np.arange(90) % 3]  # leaf 3 stays empty
+    of[5] = 999  # unknown: ignored
+    assert t.add_to_leaves(vecs, of, +1) == sorted(lids[:3].tolist())
+    assert t.add_to_leaves(vecs[:30], of[:30], -1) == sorted(lids[:3].tolist())
+    keep = (np.arange(90) >= 30) & (of != 999)
+    for node in range(t.n_nodes):
+        below = [lid for lid in lids if node in t.path(t.leaf_node[lid])]
+        mask = keep & np.isin(of, below)
+        np.testing.assert_allclose(t.sums[node], vecs[mask].sum(0, dtype=np.float64), rtol=1e-9, atol=1e-9)
+        assert t.counts[node] == mask.sum()
+        if mask.any():
+            np.testing.assert_allclose(t.centroids[node], vecs[mask].mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(t.centroids[leaves[3]], vecs[3])  # empty: its last (initial) mean

@@ -44,9 +44,23 @@ def test_replicas_give_the_primary_results(routed):
     assert [[h.id for h in r] for r in no_payload] == [[h.id for h in r] for r in want_leaves]
     assert all(h.payload == {} for r in no_payload for h in r)
     st = s._replicas.stats
-    # both replicas scored a part of each of the three batches, from one copy
-    assert st == {"refreshes": 1, "fallbacks": 0, "replica_parts": 6}
+    # 40 queries are three chunks of at most 16: the two replicas took all of each batch, from one copy
+    assert st == {"refreshes": 1, "fallbacks": 0, "replica_chunks": 9}
     assert len(list((s.path / REPLICAS_DIR).iterdir())) == 2
+
+
+def test_chunks_are_shared_between_this_process_and_a_replica_in_order(routed):
+    s, vecs = routed
+    q = np.concatenate([vecs, vecs[:60]])  # 360 queries: 23 chunks of 16
+    want = s.search_leaves(q, 10, _leaves(len(q)), oversampling=2.0)
+    s.set_read_replicas(1)
+    got = s.search_leaves(q, 10, _leaves(len(q)), oversampling=2.0)
+    assert _hits(got) == _hits(want)
+    chunks = len(rep._chunks(len(q), 1))
+    # the replica is kept two chunks ahead; this process scores at least one (from the back)
+    assert 2 <= s._replicas.stats["replica_chunks"] <= chunks - 1 and s._replicas.stats["fallbacks"] == 0
+    bounds = rep._chunks(len(q), 1)
+    assert bounds[0][0] == 0 and bounds[-1][1] == len(q) and all(b[1] == c[0] for b, c in zip(bounds, bounds[1:]))
 
 
 def test_small_batches_stay_in_this_process(routed):
@@ -73,7 +87,7 @@ def test_replicas_follow_every_write(routed, fmnist_small):
     s._replicas, r = None, s._replicas
     assert _hits(last) == _hits(s.search_leaves(q, 10, leaves))
     s._replicas = r
-    assert r.stats["refreshes"] == 4 and r.stats["replica_parts"] == 4 and r.stats["fallbacks"] == 0
+    assert r.stats["refreshes"] == 4 and r.stats["replica_chunks"] >= 4 and r.stats["fallbacks"] == 0
 
 
 def test_a_dead_replica_is_replaced_or_its_part_scored_here(routed, monkeypatch, caplog):
@@ -124,4 +138,14 @@ def test_router_batches_through_replicas_match(routed):
     s.set_read_replicas(1)
     got = router.search_batch(vecs[:32], k=10, mode="relaxed", s2=0.05)
     assert _hits(got) == _hits(want)
-    assert s._replicas.stats["replica_parts"] == 1
+    assert s._replicas.stats["replica_chunks"] >= 1 and s._replicas.stats["fallbacks"] == 0
+
+
+def test_open_store_passes_replicas_to_the_embedded_engine_only(tmp_path):
+    from plugin.store import open_store
+
+    s = open_store(tmp_path / "e", dim=8, read_replicas=1)
+    assert s.read_replicas == 1
+    s.close()
+    with pytest.raises(HSearchError, match="embedded engine"):
+        open_store(":memory:", dim=8, read_replicas=1)

@@ -14,7 +14,8 @@ Sections (each a kind of JSON record, a table in the markdown):
 * **refine**: the first tree built as the paper does (``refine=0``) and with flat Lloyd iterations over
   its leaves (the default), at the same relaxed and probe settings.
 * **batch**: queries/s of ``search_batch`` (100 and 1000 queries) at the cheapest configuration of each
-  method reaching each recall target; faiss on 1 thread and on every core.
+  method reaching each recall target; faiss on 1 thread and on every core, the router and the engine's
+  HNSW on one process and with a read replica per other core (``plugin.store.replicas``).
 * **summary**: per recall target, the fastest configuration of each method and the router's ratios.
 * **ingest**: points/s from ``router.add`` (routing, upsert, splits and merges) to searchable, against
   upserting into the engine's HNSW collection and re-optimising it; recall after the growth against a
@@ -133,6 +134,10 @@ def _timed_batches(fn, queries, batch: int, passes: int = BATCH_PASSES) -> tuple
             out.extend(fn(queries[s:s + batch]))
         best = max(best, len(queries) / (time.perf_counter() - t))
     return out, best
+
+
+def _dir_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
 
 
 def _recall10(hit_ids, exact_top) -> float:
@@ -399,6 +404,7 @@ def _batch_rows(b: Bench, routers: dict, workdir: Path) -> None:
     """Throughput of batched search at the cheapest configuration of each method for each target."""
     import faiss
 
+    cores = os.cpu_count() or 1
     for want in TARGETS:
         picks = {m: cheapest(b.records, m, want, _summary_section(b.records))
                  for m in ("hkm-router", "faiss IVF-Flat", "qdrant-edge HNSW")}
@@ -409,8 +415,11 @@ def _batch_rows(b: Bench, routers: dict, workdir: Path) -> None:
                 runs = []
                 if method == "hkm-router":
                     router, params = routers[(rec["k"], rec["l"])], _router_params(rec)
-                    runs.append(("1 core", lambda Q: _ids(router.search_batch(Q, 10, mode=rec["mode"], with_payload=False,
-                                                                              **params))))
+                    fn = lambda Q: _ids(router.search_batch(Q, 10, mode=rec["mode"], with_payload=False,  # noqa: E731
+                                                            **params))
+                    runs.append(("1 core", fn, None))
+                    if cores > 1:
+                        runs.append((f"{cores} cores ({cores - 1} replica)", fn, router.store))
                 elif method == "faiss IVF-Flat":
                     ivf = b.faiss_ivf[rec["nlist"]]
 
@@ -418,17 +427,31 @@ def _batch_rows(b: Bench, routers: dict, workdir: Path) -> None:
                         faiss.omp_set_num_threads(threads)
                         ivf.nprobe = nprobe
                         return ivf.search(Q, 10)[1].tolist()
-                    runs += [("1 core", lambda Q: fa(Q, 1)), (f"{os.cpu_count()} cores", lambda Q: fa(Q, os.cpu_count()))]
+                    runs += [("1 core", lambda Q: fa(Q, 1), None), (f"{cores} cores", lambda Q: fa(Q, cores), None)]
                 else:
                     store = b.hnsw[rec["hnsw_m"]]
-                    runs.append(("1 core", lambda Q: [[h.id for h in r] for r in
-                                                      store.search_batch(Q, 10, hnsw_ef=rec["hnsw_ef"],
-                                                                         with_payload=False)]))
-                for threads, fn in runs:
+                    fn = lambda Q: [[h.id for h in r] for r in store.search_batch(  # noqa: E731
+                        Q, 10, hnsw_ef=rec["hnsw_ef"], with_payload=False)]
+                    runs.append(("1 core", fn, None))
+                    if cores > 1:
+                        runs.append((f"{cores} cores ({cores - 1} replica)", fn, store))
+                for threads, fn, replicated in runs:
+                    extra = {}
+                    if replicated is not None:
+                        # the engine's binding scores one query at a time per process: the other cores score
+                        # parts of the batch in read replicas (plugin.store.replicas), copied here once
+                        replicated.set_read_replicas(cores - 1)
+                        t = time.perf_counter()
+                        fn(b.qv[:batch])
+                        extra = {"replicas": cores - 1, "replica_setup_s": time.perf_counter() - t,
+                                 "replica_mb": _dir_mb(replicated.path / "replicas")}
                     ids, qps = _timed_batches(fn, b.qv, batch)
+                    if replicated is not None:
+                        extra["replica_fallbacks"] = replicated._replicas.stats["fallbacks"]
+                        replicated.set_read_replicas(0)
                     out = {**b.base, "section": "batch", "method": method, "mode": rec["mode"], "config": _config(rec),
                            "target": want, "batch": batch, "threads": threads, "qps": qps,
-                           "recall_at_10": _recall10(ids, b.exact_top)}
+                           "recall_at_10": _recall10(ids, b.exact_top), **extra}
                     b.records.append(out)
                     b.log(f"batch {method:<18} {out['config']:<28} target {want} batch {batch:>4} {threads:<8} "
                           f"{qps:8.0f} q/s recall@10 {out['recall_at_10']:.4f}")
@@ -759,6 +782,15 @@ def markdown(records: list[dict]) -> str:
                 "| queries/s | recall@10 |", "|---|---|---|---|---|---|---|"]
         out += [f"| {r['target']} | {r['method']} | {r['config']} | {r['batch']} | {r['threads']} | {r['qps']:.0f} | "
                 f"{r['recall_at_10']:.4f} |" for r in bat]
+        rep = [r for r in bat if r.get("replicas")]
+        if rep:
+            out += ["", "Rows with a *replica*: the embedded engine's binding scores one query at a time per process, "
+                    "so the other cores score parts of each batch in read replicas (`EdgeStore(read_replicas=n)`, "
+                    "worker processes holding a copy of the collection; `plugin/store/replicas.py`). Setting them "
+                    f"up (copy + start, before the timed passes) took {min(r['replica_setup_s'] for r in rep):.1f}-"
+                    f"{max(r['replica_setup_s'] for r in rep):.1f} s; each copy is "
+                    f"{min(r['replica_mb'] for r in rep):.0f}-{max(r['replica_mb'] for r in rep):.0f} MB on disk; "
+                    f"parts scored here after a replica failed: {sum(r.get('replica_fallbacks', 0) for r in rep)}."]
     inc = [r for r in records if r.get("section") == "ingest" or r.get("method") == "incremental"]
     if inc:
         out += ["", "#### Ingest to searchable", "", "| scenario | k | l | mode | added | router.add s | points/s | "

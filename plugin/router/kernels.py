@@ -182,6 +182,51 @@ def centroid_distances(q, centroids, nodes, metric):
 
 
 @numba.njit(cache=True)
+def add_up_tree(rows, weights, nodes, parent, sums, counts, centroids, sign):
+    """Add (``sign`` +1) or take out (-1) each row of ``rows`` (a vector, or the sum of ``weights[i]``
+    vectors) at node ``nodes[i]`` (-1: skipped) and at every ancestor (``parent``): float64 ``sums``,
+    ``counts``; then the float32 ``centroids`` (means) of the nodes touched that still hold points.
+    Maintenance's tree update, in one pass: NumPy's per-leaf ``reduceat`` over a float64 copy, a sparse
+    (ancestor x leaf) product and fancy-indexed updates took 28 ms of each 1000-point ``router.add``
+    (60k Fashion-MNIST, 1280-d, profiled); this walks up from each row instead."""
+    touched = np.zeros(sums.shape[0], np.bool_)
+    dim = rows.shape[1]
+    for i in range(rows.shape[0]):
+        node = nodes[i]
+        while node >= 0:
+            for j in range(dim):
+                sums[node, j] += sign * np.float64(rows[i, j])
+            counts[node] += sign * weights[i]
+            touched[node] = True
+            node = parent[node]
+    for node in range(sums.shape[0]):
+        if touched[node] and counts[node] > 0:
+            for j in range(dim):
+                centroids[node, j] = np.float32(sums[node, j] / counts[node])
+    return touched
+
+
+@numba.njit(cache=True)
+def int8_rows(rows):
+    """Symmetric per-row int8 codes of float32 rows, ``rows ~= codes * scale[:, None]`` (see
+    ``tree.int8_codes``), in one pass per row where NumPy's abs / max / divide / rint / clip made five
+    temporaries: 10 ms of every snapshot publish at 1100 nodes x 1280-d."""
+    n, dim = rows.shape
+    codes = np.empty((n, dim), np.int8)
+    scale = np.empty(n, np.float32)
+    for i in range(n):
+        peak = np.float32(0.0)
+        for j in range(dim):
+            peak = max(peak, abs(rows[i, j]))
+        s = peak / np.float32(127.0) if peak > 0 else np.float32(1.0)
+        scale[i] = s
+        for j in range(dim):
+            c = np.rint(rows[i, j] / s)
+            codes[i, j] = np.int8(min(max(c, -127.0), 127.0))
+    return codes, scale
+
+
+@numba.njit(cache=True)
 def nearest_leaf(q, centroids, child_offsets, children, leaf_of_node, metric):
     """Greedy descent (one node per level): the leaf a new point is filed under."""
     node = 0

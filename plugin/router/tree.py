@@ -78,11 +78,11 @@ class FlatTree:
 
 def int8_codes(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-row int8 codes of float rows: ``rows ~= codes * scale[:, None]``, error at most
-    half a step (``max|row| / 254``) per component. A zero row gets scale 1 and zero codes."""
-    peak = np.abs(rows).max(axis=1) if rows.size else np.zeros(len(rows), np.float32)
-    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-    codes = np.clip(np.rint(rows / scale[:, None]), -127, 127).astype(np.int8)
-    return codes, scale
+    half a step (``max|row| / 254``) per component. A zero row gets scale 1 and zero codes.
+    (:func:`kernels.int8_rows`, one pass per row.)"""
+    from plugin.router.kernels import int8_rows
+
+    return int8_rows(np.ascontiguousarray(rows, np.float32))
 
 
 def _grown(a: np.ndarray, n: int) -> np.ndarray:
@@ -192,40 +192,30 @@ class Tree:
             self.add_sum(node, vecs.sum(axis=0, dtype=np.float64) * sign, sign * len(vecs))
 
     def add_to_leaves(self, vecs: np.ndarray, lids: np.ndarray, sign: int = 1) -> list[int]:
-        """Vectorised :meth:`add_vectors` for points of many leaves: one sum per leaf, added up the tree by
-        :meth:`add_leaf_sums`. Leaf ids the tree does not know are ignored; returns the known leaves
-        touched."""
+        """Vectorised :meth:`add_vectors` for points of many leaves (``sign=-1``: take them out), each added
+        to its leaf and every ancestor by :func:`kernels.add_up_tree`. Leaf ids the tree does not know
+        are ignored; returns the known leaves touched, sorted."""
         lids = np.asarray(lids, np.int64)
         if len(lids) == 0:
             return []
-        order = np.argsort(lids, kind="stable")
-        uniq, starts = np.unique(lids[order], return_index=True)
-        sums = np.add.reduceat(np.asarray(vecs, np.float64)[order], starts, axis=0)
-        sizes = np.diff(np.append(starts, len(lids)))
-        known = np.fromiter((lid in self.leaf_node for lid in uniq.tolist()), bool, count=len(uniq))
-        self.add_leaf_sums(uniq[known], sums[known], sizes[known], sign)
-        return uniq[known].tolist()
+        get = self.leaf_node.get
+        nodes = np.fromiter((get(lid, -1) for lid in lids.tolist()), np.int64, count=len(lids))
+        self._add_up(np.asarray(vecs), np.ones(len(lids), np.int64), nodes, sign)
+        return np.unique(lids[nodes >= 0]).tolist()
 
     def add_leaf_sums(self, lids: np.ndarray, sums: np.ndarray, sizes: np.ndarray, sign: int = 1) -> None:
         """Add per-leaf vector sums and point counts (``sign=-1``: remove them) to the live leaves ``lids``
-        and every ancestor, through one sparse (ancestor x leaf) product; centroids of the nodes touched
-        follow. A walk up per leaf in Python cost 20 us a leaf, and ``np.add.at`` as much again: most of
-        ``router.add``'s tree work at 5k points."""
-        rows, nodes = [], []
-        for i, lid in enumerate(np.asarray(lids).tolist()):
-            path = self.path(self.leaf_node[lid])
-            nodes += path
-            rows += [i] * len(path)
-        if not nodes:
-            return
-        from scipy.sparse import csr_matrix
+        and every ancestor; centroids of the nodes touched follow (:func:`kernels.add_up_tree`)."""
+        nodes = np.fromiter((self.leaf_node[lid] for lid in np.asarray(lids).tolist()), np.int64, count=len(lids))
+        if len(nodes):
+            self._add_up(np.asarray(sums, np.float64), np.asarray(sizes, np.int64), nodes, sign)
 
-        touched, at = np.unique(np.asarray(nodes, np.int64), return_inverse=True)
-        up = csr_matrix((np.ones(len(nodes)), (at, np.asarray(rows, np.int64))), shape=(len(touched), len(lids)))
-        self._sums[touched] += (up @ sums) * sign
-        self._counts[touched] += np.rint(up @ np.asarray(sizes, np.float64)).astype(np.int64) * sign
-        filled = touched[self._counts[touched] > 0]
-        self._centroids[filled] = (self._sums[filled] / self._counts[filled, None]).astype(np.float32)
+    def _add_up(self, rows, weights, nodes, sign) -> None:
+        from plugin.router.kernels import add_up_tree
+
+        n = self.n_nodes
+        add_up_tree(np.ascontiguousarray(rows), weights, nodes, np.asarray(self.parent, np.int64), self._sums[:n],
+                    self._counts[:n], self._centroids[:n], int(sign))
 
     def compact(self) -> bool:
         """Drop nodes no longer reachable from the root (left by merges); node ids are renumbered, leaf

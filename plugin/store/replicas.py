@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections import deque
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 #: batches smaller than this are scored by the calling process alone: the hand-off to a replica
 #: (pickling the queries, a pipe round trip) costs about a millisecond, several queries' worth
 MIN_BATCH = 64
+MIN_CHUNK = 16
 REPLICAS_DIR = "replicas"
 
 
@@ -53,7 +55,7 @@ def _worker(conn) -> None:
     """A replica process: open a copy, answer search requests, close it when told; exit on ``None``."""
     from plugin.store.edge import EdgeStore
 
-    store = None
+    store, views = None, {}
     while True:
         try:
             msg = conn.recv()
@@ -72,7 +74,11 @@ def _worker(conn) -> None:
                     store = None
                 conn.send(("ok", None))
             else:
-                out = _score(store, op, args)
+                (path, a, b), *rest = args
+                if path not in views:  # a new buffer: the caller grew it; older ones are gone
+                    views.clear()
+                    views[path] = np.load(path, mmap_mode="r")
+                out = _score(store, op, (np.ascontiguousarray(views[path][a:b]), *rest))
                 conn.send(("ok", [[(h.id, h.score) for h in hits] for hits in out]))
         except Exception as e:  # sent back: the caller scores this part itself
             conn.send(("error", f"{type(e).__name__}: {e}"))
@@ -133,7 +139,8 @@ class ReadReplicas:
         self.synced = None  # the store's write count the copies hold; None: not copied yet
         self._live: list[_Replica] = []
         self._lock = threading.Lock()  # one batch at a time: a pipe carries one request at a time
-        self.stats = {"refreshes": 0, "fallbacks": 0, "replica_parts": 0}
+        self.stats = {"refreshes": 0, "fallbacks": 0, "replica_chunks": 0}
+        self._buf, self._buf_path, self._buf_gen = None, None, 0  # the shared query buffer (_share)
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -174,13 +181,21 @@ class ReadReplicas:
             for r in self._live:
                 r.stop()
             self._live = []
+            self._drop_buf()
             shutil.rmtree(self.root, ignore_errors=True)
             self.synced = None
 
     # ---- search -------------------------------------------------------------------------------
     def search(self, op: str, vectors: np.ndarray, k: int, per_query: list, shared: tuple, with_payload: bool):
         """Score a batch across the calling process and the replicas. ``per_query``: the leaves or
-        filters of each query (cut with the queries); ``shared``: the rest of the primitive's arguments."""
+        filters of each query (cut with the queries); ``shared``: the rest of the primitive's arguments.
+
+        The batch is cut into chunks (:func:`_chunks`). Each replica is kept two chunks ahead, taken
+        from the front; this process scores chunks from the back and, between two of its own, collects
+        what the replicas finished and sends them more. A fixed split (half here, half there) left one
+        side waiting for the other: this process also routes, sends and builds the hits. The queries
+        go through a memory-mapped buffer (:meth:`_share`), so a chunk's message is its range and its
+        leaves, small enough never to block on a full socket."""
         with self._lock:
             if self.synced != self.store.writes or len(self._live) < self.n \
                     or not all(r.alive() for r in self._live):
@@ -191,42 +206,98 @@ class ReadReplicas:
                                 "batch here", self.store.name, e)
                     self.synced = None
                     self.stats["fallbacks"] += 1
-                    out = _score(self.store, op, _args(op, vectors, k, per_query, shared))
+                    out = _score(self.store, op, _args(vectors, k, per_query, shared))
                     return self.store.attach_payloads(out) if with_payload else out
-            parts = [p for p in np.array_split(np.arange(len(vectors)), self.n + 1) if len(p)]
-            sent = []
-            for r, idx in zip(self._live, parts[1:]):  # sent first: the replicas work while this process does
-                args = _args(op, vectors[idx[0]:idx[-1] + 1], k, per_query[idx[0]:idx[-1] + 1], shared)
+            buf = self._share(vectors)
+            todo = deque(_chunks(len(vectors), self.n))
+            done: dict[tuple, list] = {}
+            ahead = {id(r): deque() for r in self._live}
+            live = list(self._live)
+
+            def send(r) -> None:
+                a, b = todo.popleft()
                 try:
-                    r.conn.send((op, args))
-                    sent.append((r, idx, args))
+                    r.conn.send((op, ((buf, a, b), k, per_query[a:b], *shared)))
+                    ahead[id(r)].append((a, b))
                 except (OSError, ValueError):
                     log.warning("read replica %s died: scoring its part here", r.path.name)
-                    sent.append((None, idx, args))
-            idx0 = parts[0]
-            out = _score(self.store, op, _args(op, vectors[idx0[0]:idx0[-1] + 1], k, per_query[idx0[0]:idx0[-1] + 1],
-                                               shared))
-            for r, idx, args in sent:
-                part = None
-                if r is not None:
-                    try:
-                        status, value = r.conn.recv()
-                        if status == "ok":
-                            part = value
-                        else:
-                            log.warning("read replica %s failed (%s): scoring its part here", r.path.name, value)
-                    except (EOFError, OSError):
-                        log.warning("read replica %s died: scoring its part here", r.path.name)
-                if part is None:
+                    self._lost(live, r, ahead, done, vectors, k, per_query, shared, op, (a, b))
+
+            def collect(r) -> None:
+                a, b = ahead[id(r)].popleft()
+                try:
+                    status, value = r.conn.recv()
+                except (EOFError, OSError):
+                    log.warning("read replica %s died: scoring its part here", r.path.name)
+                    self._lost(live, r, ahead, done, vectors, k, per_query, shared, op, (a, b))
+                    return
+                if status != "ok":
+                    log.warning("read replica %s failed (%s): scoring its part here", r.path.name, value)
                     self.stats["fallbacks"] += 1
-                    out += _score(self.store, op, args)
-                else:
-                    self.stats["replica_parts"] += 1
-                    out += [[self.store.hit(i, s) for i, s in hits] for hits in part]
+                    done[(a, b)] = _score(self.store, op, _args(vectors[a:b], k, per_query[a:b], shared))
+                    return
+                self.stats["replica_chunks"] += 1
+                done[(a, b)] = [[self.store.hit(i, sc) for i, sc in hits] for hits in value]
+
+            for r in list(live):
+                for _ in range(2):
+                    if todo and r in live:
+                        send(r)
+            while todo:
+                a, b = todo.pop()
+                done[(a, b)] = _score(self.store, op, _args(vectors[a:b], k, per_query[a:b], shared))
+                for r in list(live):
+                    while r in live and ahead[id(r)] and r.conn.poll():
+                        collect(r)
+                        if todo and r in live:
+                            send(r)
+            for r in list(live):
+                while r in live and ahead[id(r)]:
+                    collect(r)
+            out = [hits for key in sorted(done) for hits in done[key]]
         return self.store.attach_payloads(out) if with_payload else out
 
+    def _lost(self, live, r, ahead, done, vectors, k, per_query, shared, op, chunk) -> None:
+        """A replica died mid-batch: this process scores the chunk it was given and every chunk it still
+        held; the batch goes on without it (the next batch starts a new one)."""
+        live.remove(r)
+        for a, b in [chunk, *ahead[id(r)]]:
+            self.stats["fallbacks"] += 1
+            done[(a, b)] = _score(self.store, op, _args(vectors[a:b], k, per_query[a:b], shared))
+        ahead[id(r)].clear()
 
-def _args(op: str, vectors, k, per_query, shared) -> tuple:
+    def _share(self, vectors: np.ndarray) -> str:
+        """The batch's queries written into a memory-mapped file the replicas read (grown as needed)."""
+        n, dim = vectors.shape
+        if self._buf is None or self._buf.shape[0] < n or self._buf.shape[1] != dim:
+            self._buf_gen += 1
+            path = self._buf_dir() / f"hsearch-queries-{os.getpid()}-{id(self)}-{self._buf_gen}.npy"
+            self._drop_buf()
+            self._buf = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
+                                                  shape=(max(n, 1024), dim))
+            self._buf_path = path
+        self._buf[:n] = vectors
+        return str(self._buf_path)
+
+    def _buf_dir(self) -> Path:
+        shm = Path("/dev/shm")
+        return shm if shm.is_dir() and os.access(shm, os.W_OK) else self.root
+
+    def _drop_buf(self) -> None:
+        if self._buf is not None:
+            del self._buf
+            self._buf = None
+            Path(self._buf_path).unlink(missing_ok=True)
+
+
+def _chunks(n: int, replicas: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges covering ``n`` queries: four chunks per process taking part, at least
+    :data:`MIN_CHUNK` queries each (a chunk's round trip costs a fraction of a millisecond)."""
+    size = max(MIN_CHUNK, -(-n // (4 * (replicas + 1))))
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+def _args(vectors, k, per_query, shared) -> tuple:
     return (vectors, k, per_query, *shared)
 
 
