@@ -501,3 +501,39 @@ def test_add_to_leaves_keeps_every_ancestor_sum_count_and_centroid(fmnist_small)
         if mask.any():
             np.testing.assert_allclose(t.centroids[node], vecs[mask].mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(t.centroids[leaves[3]], vecs[3])  # empty: its last (initial) mean
+
+
+def test_parallel_routing_gives_the_serial_kernels_results_under_concurrent_batches(fmnist_small):
+    """A batch of at least PARALLEL_MIN queries is routed by the prange kernels: the same leaves as the
+    one-thread kernels, for probe and the relaxed walk, also while other threads route batches at once."""
+    import threading
+
+    from plugin.router import kernels
+
+    vecs = fmnist_small[0]
+    Q = np.ascontiguousarray(np.concatenate([vecs, vecs[::-1]]))  # 600 queries
+    Q /= np.linalg.norm(Q, axis=1, keepdims=True)
+    from plugin.router.tree import build_tree
+
+    tree, _ = build_tree(vecs, k=3, l=3, metric="cosine", seed=0)
+    f = tree.flatten()
+    probe_args = (*f.rows(quantized=True), f.child_offsets, f.children, f.leaf_of_node, f.metric, 5, 0.05)
+    walk_args = (f.centroids, f.child_offsets, f.children, f.leaf_of_node, f.metric, kernels.RELAXED, -np.inf, 0.06,
+                 max(f.n_leaves, 1))
+    assert len(Q) >= kernels.PARALLEL_MIN
+    want_p, want_w = kernels.probe_batch(Q, *probe_args), kernels.route_batch(Q, *walk_args)
+    got = {}
+
+    def run(i):
+        got[i] = (kernels.probe_many(Q, *probe_args), kernels.route_many(Q, *walk_args))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for (p, w) in got.values():
+        for a, b in ((p, want_p), (w, want_w)):
+            np.testing.assert_array_equal(a[0], b[0])
+            np.testing.assert_array_equal(a[1], b[1])
+    assert want_w[1].max() > 1 and want_p[1].max() > 1  # routes with several leaves: a comparison that can fail

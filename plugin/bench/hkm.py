@@ -530,6 +530,7 @@ def _ingest_rows(b: Bench, trees, dim: int, workdir: Path) -> None:
     new), against inserting the same points into the engine's HNSW collection and re-optimising it; the
     router's recall@10 after the growth against a rebuild of the grown collection."""
     from plugin.router import Router
+    from plugin.router.kernels import PARALLEL_MIN
     from plugin.store.edge import EdgeStore
 
     k, l = trees[0]
@@ -548,7 +549,7 @@ def _ingest_rows(b: Bench, trees, dim: int, workdir: Path) -> None:
         store = EdgeStore(workdir / f"inc-{si}", dim=dim)
         store.upsert(ids0, b.dbv[ids0], pl(ids0))
         router = Router.build(store, k=k, l=l, max_leaf_size=b.max_leaf)
-        router.assign(b.dbv[ids1[:1]])  # jit warm-up, as in a long-running process
+        router.assign(b.dbv[ids1[:PARALLEL_MIN]])  # jit warm-up (one-thread and parallel kernels), as in a long-running process
         stats = {"splits": 0, "merges": 0, "reassigned": 0}
         t = time.perf_counter()
         for s in range(0, len(ids1), 1000):

@@ -20,10 +20,18 @@ Only these loops are jitted; building, flattening and scoring stay in Python/Num
 """
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
 
 INTENSIVE, RELAXED, AUTO = 0, 1, 2
+#: batches at least this large are routed on every core (``*_batch_parallel``); below, the threads'
+#: start costs more than it saves
+PARALLEL_MIN = 64
+# numba's fallback threading layer (workqueue, where neither TBB nor OpenMP loads) aborts the process when
+# two threads launch parallel kernels at once; searches run concurrently, so launches take turns
+_PARALLEL_LOCK = threading.Lock()
 
 
 @numba.njit(cache=True)
@@ -155,6 +163,25 @@ def route_batch(Q, centroids, child_offsets, children, leaf_of_node, metric, mod
     for b in range(B):
         counts[b] = route_one(Q[b], centroids, child_offsets, children, leaf_of_node, metric, mode, s1, s2, out[b])
     return out, counts
+
+
+@numba.njit(cache=True, parallel=True)
+def route_batch_parallel(Q, centroids, child_offsets, children, leaf_of_node, metric, mode, s1, s2, max_leaves):
+    """:func:`route_batch` with the queries spread over numba's threads (same results)."""
+    B = Q.shape[0]
+    out = np.full((B, max_leaves), -1, np.int64)
+    counts = np.zeros(B, np.int64)
+    for b in numba.prange(B):
+        counts[b] = route_one(Q[b], centroids, child_offsets, children, leaf_of_node, metric, mode, s1, s2, out[b])
+    return out, counts
+
+
+def route_many(Q, *args):
+    """:func:`route_batch`, on every core for a batch of at least :data:`PARALLEL_MIN` queries."""
+    if len(Q) < PARALLEL_MIN or numba.get_num_threads() < 2:
+        return route_batch(Q, *args)
+    with _PARALLEL_LOCK:
+        return route_batch_parallel(Q, *args)
 
 
 @numba.njit(cache=True, fastmath=True)
@@ -365,3 +392,24 @@ def probe_batch(Q, rows, scale, sqnorm, child_offsets, children, leaf_of_node, m
         counts[b] = probe_one(Q[b], rows, scale, sqnorm, child_offsets, children, leaf_of_node, metric, nprobe,
                               s2, out[b])
     return out, counts
+
+
+@numba.njit(cache=True, parallel=True)
+def probe_batch_parallel(Q, rows, scale, sqnorm, child_offsets, children, leaf_of_node, metric, nprobe, s2):
+    """:func:`probe_batch` with the queries spread over numba's threads (same results)."""
+    B = Q.shape[0]
+    out = np.full((B, max(nprobe, 1)), -1, np.int64)
+    counts = np.zeros(B, np.int64)
+    for b in numba.prange(B):
+        counts[b] = probe_one(Q[b], rows, scale, sqnorm, child_offsets, children, leaf_of_node, metric, nprobe,
+                              s2, out[b])
+    return out, counts
+
+
+def probe_many(Q, *args):
+    """:func:`probe_batch`, on every core for a batch of at least :data:`PARALLEL_MIN` queries: with read
+    replicas scoring a batch on every core, routing it on one was its serial part."""
+    if len(Q) < PARALLEL_MIN or numba.get_num_threads() < 2:
+        return probe_batch(Q, *args)
+    with _PARALLEL_LOCK:
+        return probe_batch_parallel(Q, *args)

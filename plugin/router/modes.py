@@ -129,7 +129,7 @@ def get_mode(name: str) -> Mode:
 
 def _tree_route(ctx, Q, mode, s1=-math.inf, s2=0.0):
     flat = ctx.flat
-    out, counts = kernels.route_batch(Q, flat.centroids, flat.child_offsets, flat.children, flat.leaf_of_node,
+    out, counts = kernels.route_many(Q, flat.centroids, flat.child_offsets, flat.children, flat.leaf_of_node,
                                       flat.metric, mode, float(s1), float(s2), max(flat.n_leaves, 1))
     return [out[b, :counts[b]] for b in range(len(Q))]
 
@@ -195,7 +195,7 @@ def probe(ctx, Q, nprobe=PROBE_NPROBE, s2=PROBE_S2):
     if s2 is None or not math.isfinite(s2) or s2 < 0:
         raise RouterError(f"probe search: s2 must be a finite number >= 0, got {s2}")
     flat = ctx.flat
-    out, counts = kernels.probe_batch(Q, *flat.rows(quantized=True), flat.child_offsets, flat.children,
+    out, counts = kernels.probe_many(Q, *flat.rows(quantized=True), flat.child_offsets, flat.children,
                                       flat.leaf_of_node, flat.metric, int(nprobe), float(s2))
     return [out[b, :counts[b]] for b in range(len(Q))]
 

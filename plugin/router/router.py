@@ -26,7 +26,7 @@ import numpy as np
 
 from plugin.errors import BadVectorError, EmptyCollectionError, RouterError
 from plugin.router import maintenance
-from plugin.router.kernels import nearest_leaf_batch, probe_batch, unit_rows
+from plugin.router.kernels import nearest_leaf_batch, probe_many, unit_rows
 from plugin.router.modes import ModeContext, as_plan, get_mode, route
 from plugin.router.rwlock import RWLock
 from plugin.router.state import commit_staged, load_committed, save_state, staged_path, state_path
@@ -425,7 +425,7 @@ class Router:
         f = self.flat
         if not self.meta.get("refine"):  # the paper's tree: the leaf of the greedy path, as the build filed
             return nearest_leaf_batch(q, f.centroids, f.child_offsets, f.children, f.leaf_of_node, f.metric)
-        out, _ = probe_batch(q, *f.rows(quantized=False), f.child_offsets, f.children, f.leaf_of_node, f.metric, 1,
+        out, _ = probe_many(q, *f.rows(quantized=False), f.child_offsets, f.children, f.leaf_of_node, f.metric, 1,
                              FILE_S2)
         return out[:, 0]
 
