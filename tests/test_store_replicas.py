@@ -149,3 +149,27 @@ def test_open_store_passes_replicas_to_the_embedded_engine_only(tmp_path):
     s.close()
     with pytest.raises(HSearchError, match="embedded engine"):
         open_store(":memory:", dim=8, read_replicas=1)
+
+
+def test_query_buffers_of_dead_processes_are_removed(routed):
+    """A buffer named after a process that is gone (a crash) is removed when a new buffer is made; one of a
+    live process stays; close removes this process's own."""
+    import os
+    import subprocess
+    import sys
+
+    s, vecs = routed
+    s.set_read_replicas(1)
+    s.search_leaves(vecs[:20], 5, _leaves(20))
+    folder = s._replicas._buf_dir()
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    orphan, alive = folder / f"hsearch-queries-{gone}-1-1.npy", folder / f"hsearch-queries-{os.getpid()}-1-9.npy"
+    orphan.write_bytes(b"x")
+    alive.write_bytes(b"x")
+    s.set_read_replicas(1)  # a new replica set makes a new buffer at its first batch, and looks for orphans
+    s.search_leaves(vecs[:20], 5, _leaves(20))
+    assert not orphan.exists() and alive.exists()
+    alive.unlink()
+    s.close()
+    assert not list(folder.glob(f"hsearch-queries-{os.getpid()}-*"))

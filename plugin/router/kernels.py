@@ -213,9 +213,10 @@ def add_up_tree(rows, weights, nodes, parent, sums, counts, centroids, sign):
     """Add (``sign`` +1) or take out (-1) each row of ``rows`` (a vector, or the sum of ``weights[i]``
     vectors) at node ``nodes[i]`` (-1: skipped) and at every ancestor (``parent``): float64 ``sums``,
     ``counts``; then the float32 ``centroids`` (means) of the nodes touched that still hold points.
-    Maintenance's tree update, in one pass: NumPy's per-leaf ``reduceat`` over a float64 copy, a sparse
-    (ancestor x leaf) product and fancy-indexed updates took 28 ms of each 1000-point ``router.add``
-    (60k Fashion-MNIST, 1280-d, profiled); this walks up from each row instead."""
+    Maintenance's tree update in one pass, where NumPy made a float64 copy of the rows, a per-leaf
+    ``reduceat``, a sparse (ancestor x leaf) product and fancy-indexed updates: the largest part of
+    ``router.add`` that was ours and not the engine's (the ingest rows of docs/results/hkm-fashion-mnist.md
+    time the whole ``router.add``)."""
     touched = np.zeros(sums.shape[0], np.bool_)
     dim = rows.shape[1]
     for i in range(rows.shape[0]):
@@ -237,7 +238,7 @@ def add_up_tree(rows, weights, nodes, parent, sums, counts, centroids, sign):
 def int8_rows(rows):
     """Symmetric per-row int8 codes of float32 rows, ``rows ~= codes * scale[:, None]`` (see
     ``tree.int8_codes``), in one pass per row where NumPy's abs / max / divide / rint / clip made five
-    temporaries: 10 ms of every snapshot publish at 1100 nodes x 1280-d."""
+    temporaries; it runs at every snapshot publish, so at every ``router.add``."""
     n, dim = rows.shape
     codes = np.empty((n, dim), np.int8)
     scale = np.empty(n, np.float32)

@@ -2,11 +2,12 @@
 queries is scored on more than one core.
 
 Why processes: qdrant-edge's binding holds the GIL for the whole of a query (a Python thread beside it
-only runs between calls), a second opener of the same directory is refused (the WAL's lock), and the
-engine's search pool does not split one segment's queries over its threads: two equal segments with a
-pool of two still ran at one core's CPU time (measured on 20k x 64-d, int8 rescore). So an embedded
-collection answers one query at a time per process, where faiss IVF batches over every core; the
-batched rows of docs/results/hkm-fashion-mnist.md show both.
+only runs between calls: two threads splitting a batch were slower than one), a second opener of the
+same directory is refused (the WAL's lock), and the engine's search pool runs a query's segments in
+parallel, not its points (a shard split into two equal optimized segments with a pool of two still
+used one core's CPU time). So an embedded collection answers one query at a time per process, where
+faiss IVF batches over every core. The batched rows of docs/results/hkm-fashion-mnist.md time both, and
+the router and the engine's HNSW with a replica per other core.
 
 A replica is a copy of the collection's ``collection.json`` and ``shard/`` (after a flush) under
 ``<collection>/replicas/<i>/``, opened by a fresh interpreter (``python -m plugin.store.replicas``)
@@ -273,6 +274,7 @@ class ReadReplicas:
             self._buf_gen += 1
             path = self._buf_dir() / f"hsearch-queries-{os.getpid()}-{id(self)}-{self._buf_gen}.npy"
             self._drop_buf()
+            _remove_orphan_buffers(path.parent)
             self._buf = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
                                                   shape=(max(n, 1024), dim))
             self._buf_path = path
@@ -288,6 +290,18 @@ class ReadReplicas:
             del self._buf
             self._buf = None
             Path(self._buf_path).unlink(missing_ok=True)
+
+
+def _remove_orphan_buffers(folder: Path) -> None:
+    """Query buffers left by processes that died without closing their replicas (a crash, a kill)."""
+    for f in folder.glob("hsearch-queries-*.npy"):
+        try:
+            pid = int(f.name.split("-")[2])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            f.unlink(missing_ok=True)
+        except (ValueError, IndexError, PermissionError, OSError):
+            continue
 
 
 def _chunks(n: int, replicas: int) -> list[tuple[int, int]]:
