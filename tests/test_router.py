@@ -537,3 +537,23 @@ def test_parallel_routing_gives_the_serial_kernels_results_under_concurrent_batc
             np.testing.assert_array_equal(a[0], b[0])
             np.testing.assert_array_equal(a[1], b[1])
     assert want_w[1].max() > 1 and want_p[1].max() > 1  # routes with several leaves: a comparison that can fail
+
+
+@pytest.mark.parametrize("cosine", [True, False])
+def test_snapshot_rows_are_the_unit_rows_their_norms_and_codes(fmnist_small, cosine):
+    """The snapshot's one-pass kernel: unit rows under cosine (a zero row stays zero), the rows as given
+    otherwise, their squared norms, and the int8 codes of exactly those rows."""
+    from plugin.router.kernels import snapshot_rows
+    from plugin.router.tree import int8_codes
+
+    cents = fmnist_small[0][:50].astype(np.float32) * np.linspace(0.2, 4, 50, dtype=np.float32)[:, None]
+    cents[6] = 0
+    rows, sq, codes, scale = snapshot_rows(cents, cosine)
+    want = cents / np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12) if cosine else cents
+    np.testing.assert_allclose(rows, want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(sq, np.einsum("ij,ij->i", want, want), rtol=1e-5, atol=1e-7)
+    want_codes, want_scale = int8_codes(rows)
+    assert np.array_equal(codes, want_codes) and np.array_equal(scale, want_scale)
+    assert not rows[6].any() and sq[6] == 0
+    if cosine:
+        np.testing.assert_allclose(np.linalg.norm(np.delete(rows, 6, 0), axis=1), 1, rtol=1e-5)

@@ -173,3 +173,16 @@ def test_query_buffers_of_dead_processes_are_removed(routed):
     alive.unlink()
     s.close()
     assert not list(folder.glob(f"hsearch-queries-{os.getpid()}-*"))
+
+
+def test_local_only_bypasses_the_replicas_and_keeps_them(routed):
+    s, vecs = routed
+    s.set_read_replicas(1)
+    s.search_leaves(vecs[:40], 5, _leaves(40))
+    before = dict(s._replicas.stats)
+    with s.local_only():
+        assert s.read_replicas == 0
+        s.search_leaves(vecs[:40], 5, _leaves(40))
+    assert s.read_replicas == 1 and s._replicas.stats == before
+    s.search_leaves(vecs[:40], 5, _leaves(40))
+    assert s._replicas.stats["replica_chunks"] > before["replica_chunks"] and s._replicas.stats["refreshes"] == 1

@@ -234,6 +234,32 @@ def add_up_tree(rows, weights, nodes, parent, sums, counts, centroids, sign):
     return touched
 
 
+@numba.njit(cache=True, fastmath=True)
+def snapshot_rows(centroids, normalise):
+    """A snapshot's centroid arrays in one pass per row: the float32 rows (unit length when
+    ``normalise``, as cosine routing wants; a zero row stays zero), their squared norms, and their int8
+    codes and scales (:func:`int8_rows`). NumPy took a copy, a norm, a division, five temporaries for
+    the codes and an ``einsum``; this runs at every publish, so at every ``router.add``."""
+    n, dim = centroids.shape
+    rows = np.empty((n, dim), np.float32)
+    sqnorm = np.empty(n, np.float32)
+    for i in range(n):
+        inv = np.float32(1.0)
+        if normalise:
+            acc = np.float32(0.0)
+            for j in range(dim):
+                acc += centroids[i, j] * centroids[i, j]
+            inv = np.float32(1.0) / max(np.sqrt(acc), np.float32(1e-12))
+        sq = np.float32(0.0)
+        for j in range(dim):
+            v = centroids[i, j] * inv if normalise else centroids[i, j]
+            rows[i, j] = v
+            sq += v * v
+        sqnorm[i] = sq
+    codes, scale = int8_rows(rows)
+    return rows, sqnorm, codes, scale
+
+
 @numba.njit(cache=True)
 def int8_rows(rows):
     """Symmetric per-row int8 codes of float32 rows, ``rows ~= codes * scale[:, None]`` (see

@@ -307,13 +307,12 @@ class Tree:
         offsets = np.zeros(self.n_nodes + 1, np.int64)
         offsets[1:] = np.cumsum([len(c) for c in self.children])
         kids = np.fromiter((c for cs in self.children for c in cs), np.int32, count=int(offsets[-1]))
-        cents = self.centroids.astype(np.float32, copy=True)
-        if self.metric == "cosine":
-            cents /= np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12)
+        from plugin.router.kernels import snapshot_rows
+
+        cents, sqnorm, codes, scale = snapshot_rows(np.ascontiguousarray(self.centroids, np.float32),
+                                                    self.metric == "cosine")
         leaf_of_node = np.asarray(self.leaf_id, np.int32)
-        codes, scale = int8_codes(cents)
-        extra = {"codes": codes, "code_scale": scale, "sqnorm": np.einsum("ij,ij->i", cents, cents),
-                 "ones": np.ones(len(cents), np.float32)}
+        extra = {"codes": codes, "code_scale": scale, "sqnorm": sqnorm, "ones": np.ones(len(cents), np.float32)}
         arrays = [cents, offsets, kids, leaf_of_node, np.asarray(self.depth, np.int32), self.leaf_counts()]
         for a in arrays + list(extra.values()):
             a.setflags(write=False)

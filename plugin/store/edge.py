@@ -15,6 +15,7 @@ second opener gets :class:`StoreLockedError` instead of the engine's ``WouldBloc
 from __future__ import annotations
 
 import array
+import contextlib
 import json
 import logging
 import os
@@ -147,6 +148,17 @@ class EdgeStore(Store):
     @property
     def read_replicas(self) -> int:
         return 0 if self._replicas is None else self._replicas.n
+
+    @contextlib.contextmanager
+    def local_only(self):
+        """Score in this process alone inside the block; the replicas and their copies stay (for timing
+        one against the other, or a caller that wants no hand-off). For the opener's own thread: other
+        threads searching meanwhile score locally too."""
+        saved, self._replicas = self._replicas, None
+        try:
+            yield self
+        finally:
+            self._replicas = saved
 
     def _create(self, qe) -> None:
         """Create the collection so that a crash at any step leaves it complete or cleanly absent.
