@@ -8,7 +8,8 @@ import pytest
 from plugin.errors import HSearchError
 from plugin.store import Filter
 from plugin.store import replicas as rep
-from plugin.store.edge import REPLICAS_DIR, EdgeStore
+from plugin.store.edge import EdgeStore
+from plugin.store.replicas import REPLICAS_DIR
 
 
 def _hits(res):

@@ -176,12 +176,18 @@ def route_batch_parallel(Q, centroids, child_offsets, children, leaf_of_node, me
     return out, counts
 
 
+def _on_every_core(serial, parallel, Q, args):
+    """``parallel(Q, *args)`` for a batch of at least :data:`PARALLEL_MIN` queries on more than one
+    thread (one launch at a time), ``serial(Q, *args)`` otherwise."""
+    if len(Q) < PARALLEL_MIN or numba.get_num_threads() < 2:
+        return serial(Q, *args)
+    with _PARALLEL_LOCK:
+        return parallel(Q, *args)
+
+
 def route_many(Q, *args):
     """:func:`route_batch`, on every core for a batch of at least :data:`PARALLEL_MIN` queries."""
-    if len(Q) < PARALLEL_MIN or numba.get_num_threads() < 2:
-        return route_batch(Q, *args)
-    with _PARALLEL_LOCK:
-        return route_batch_parallel(Q, *args)
+    return _on_every_core(route_batch, route_batch_parallel, Q, args)
 
 
 @numba.njit(cache=True, fastmath=True)
@@ -436,7 +442,4 @@ def probe_batch_parallel(Q, rows, scale, sqnorm, child_offsets, children, leaf_o
 def probe_many(Q, *args):
     """:func:`probe_batch`, on every core for a batch of at least :data:`PARALLEL_MIN` queries: with read
     replicas scoring a batch on every core, routing it on one was its serial part."""
-    if len(Q) < PARALLEL_MIN or numba.get_num_threads() < 2:
-        return probe_batch(Q, *args)
-    with _PARALLEL_LOCK:
-        return probe_batch_parallel(Q, *args)
+    return _on_every_core(probe_batch, probe_batch_parallel, Q, args)

@@ -27,10 +27,11 @@ import numpy as np
 
 from plugin.errors import CollectionExistsError, CollectionNotFoundError, HSearchError, StoreLockedError
 from plugin.fsutil import atomic_write_bytes, fsync_dir, fsync_tree
+from plugin.store import replicas
 from plugin.store.base import DISTANCES, Filter, Hit, NoFacetIndex, Store, to_record, translate_filter
+from plugin.store.replicas import REPLICAS_DIR
 
 META_FILE = "collection.json"
-REPLICAS_DIR = "replicas"  # read replicas' copies (plugin.store.replicas)
 #: Segments above this size (KB) are optimized (co-located by the principal field, quantized) by
 #: ``optimize()`` in the routed layout; the engine's default (10 MB) would leave small collections raw.
 ROUTED_INDEXING_THRESHOLD_KB = 1
@@ -44,12 +45,6 @@ ROUTED_INDEXING_THRESHOLD_KB = 1
 SEARCH_THREADS = 1
 CREATING_FILE = "collection.json.creating"  # a creation in progress: renamed to META_FILE when it completes
 log = logging.getLogger(__name__)
-
-
-def _min_replica_batch() -> int:
-    from plugin.store.replicas import MIN_BATCH
-
-    return MIN_BATCH
 
 
 def _sort_key(v):
@@ -135,15 +130,13 @@ class EdgeStore(Store):
         worker processes, each holding a copy of the collection (copied on the first such batch and
         again after writes); 0 stops them and removes the copies. Results are the same as without
         them; what they buy on 2 cores is in docs/results/hkm-fashion-mnist.md (batched rows)."""
-        from plugin.store.replicas import ReadReplicas
-
         if isinstance(n, bool) or int(n) != n or n < 0:
             raise HSearchError(f"read_replicas must be an integer >= 0, got {n!r}")
         if self._replicas is not None:
             self._replicas.close()
             self._replicas = None
         if n:
-            self._replicas = ReadReplicas(self, int(n))
+            self._replicas = replicas.ReadReplicas(self, int(n))
 
     @property
     def read_replicas(self) -> int:
@@ -364,8 +357,12 @@ class EdgeStore(Store):
             self.writes += 1
             self._shard.update(qe.UpdateOperation.set_payload([int(i) for i in ids], payload))
 
+    def _shares_with_replicas(self, vectors) -> bool:
+        """Whether this batch is cut into chunks shared with the read replicas."""
+        return self._replicas is not None and len(vectors) >= replicas.MIN_BATCH
+
     def _search_batch(self, vectors, k, filters, exact, hnsw_ef, with_payload, oversampling=None):
-        if self._replicas is not None and len(vectors) >= _min_replica_batch():
+        if self._shares_with_replicas(vectors):
             return self._replicas.search("batch", vectors, k, list(filters), (exact, hnsw_ef, oversampling),
                                          with_payload)
         out = self._batch_here(vectors, k, filters, exact, hnsw_ef, oversampling)
@@ -379,7 +376,7 @@ class EdgeStore(Store):
         return self._query(vectors, k, [_edge_filter(_qe(), f) for f in filters], params)
 
     def _search_leaves(self, vectors, k, leaves, with_payload, oversampling):
-        if self._replicas is not None and len(vectors) >= _min_replica_batch():
+        if self._shares_with_replicas(vectors):
             return self._replicas.search("leaves", vectors, k, list(leaves), (oversampling,), with_payload)
         out = self._leaves_here(vectors, k, leaves, oversampling)
         return self.attach_payloads(out) if with_payload else out

@@ -45,8 +45,9 @@ from plugin.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 
-#: batches smaller than this are scored by the calling process alone: the hand-off to a replica
-#: (pickling the queries, a pipe round trip) costs about a millisecond, several queries' worth
+#: batches smaller than this are scored by the calling process alone: each chunk handed to a replica
+#: costs a message, a round trip and its hits sent back as pairs (the batch-100 rows of
+#: docs/results/hkm-fashion-mnist.md gain little from a replica)
 MIN_BATCH = 64
 MIN_CHUNK = 16
 REPLICAS_DIR = "replicas"
@@ -132,9 +133,7 @@ class _Replica:
 class ReadReplicas:
     """``n`` worker processes, each holding a copy of ``store``'s collection (see the module doc)."""
 
-    def __init__(self, store, n: int):
-        if isinstance(n, bool) or int(n) != n or n < 1:
-            raise HSearchError(f"read replicas must be an integer >= 1, got {n!r}")
+    def __init__(self, store, n: int):  # n >= 1, checked by EdgeStore.set_read_replicas
         self.store, self.n = store, int(n)
         self.root = Path(store.path) / REPLICAS_DIR
         self.synced = None  # the store's write count the copies hold; None: not copied yet
