@@ -2,7 +2,7 @@
 
 A rename is atomic but not durable until the directory holding it is fsynced: after a power loss the
 directory may still show the old name (or neither). Every write-then-rename in the project goes through
-:func:`atomic_write_bytes` (one file) or calls :func:`fsync_dir` after its own renames (directories).
+:func:`atomic_write` / :func:`atomic_write_bytes` (one file) or calls :func:`fsync_dir` after its own renames (directories).
 """
 from __future__ import annotations
 
@@ -36,16 +36,22 @@ def fsync_tree(path: str | os.PathLike) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically and durably.
+    """Replace ``path`` with ``data`` atomically and durably (:func:`atomic_write`)."""
+    atomic_write(path, lambda f: f.write(data))
 
-    Writes ``<path>.tmp``, fsyncs it, renames it over ``path`` and fsyncs the directory. On any failure
-    the temporary file is removed and the previous ``path`` (if any) is left as it was.
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Replace ``path`` with what ``write(file)`` writes, atomically and durably.
+
+    Writes ``<path>.tmp`` through ``write`` (a binary file object: large states are streamed, not built
+    in memory first), fsyncs it, renames it over ``path`` and fsyncs the directory. On any failure the
+    temporary file is removed and the previous ``path`` (if any) is left as it was.
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

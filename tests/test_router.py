@@ -557,3 +557,43 @@ def test_snapshot_rows_are_the_unit_rows_their_norms_and_codes(fmnist_small, cos
     assert not rows[6].any() and sq[6] == 0
     if cosine:
         np.testing.assert_allclose(np.linalg.norm(np.delete(rows, 6, 0), axis=1), 1, rtol=1e-5)
+
+
+def test_compact_drops_exactly_the_detached_nodes_and_skips_an_unchanged_tree(fmnist_small):
+    """A detached leaf, and a parent its detach left childless, are dropped by the next compact (leaf ids
+    kept); a compact with nothing detached since the last one changes nothing and walks nothing."""
+    from plugin.router.tree import Tree
+
+    vecs = fmnist_small[0][:8].astype(np.float32)
+    t = Tree(vecs.shape[1], "cosine", 2, 3)
+    root = t.add_node(-1, vecs.mean(0), is_leaf=False)
+    mids = [t.add_node(root, vecs[i], is_leaf=False) for i in (0, 1)]
+    leaves = [t.add_node(m, vecs[i], is_leaf=True) for i, m in enumerate([mids[0], mids[0], mids[1]])]
+    lids = [t.leaf_id[n] for n in leaves]
+    assert t.compact() is False  # all reachable
+    assert t.compact() is False and t.n_nodes == 6
+    t.retire_leaf(leaves[2])
+    t.detach(leaves[2])  # its parent mids[1] is left without children: pruned as well
+    assert t.compact() is True
+    assert t.n_nodes == 4 and sorted(t.leaf_node) == lids[:2]
+    assert all(t.parent[t.leaf_node[lid]] == 1 for lid in lids[:2]) and t.children[0] == [1]
+    node = t.leaf_node[lids[1]]
+    t.retire_leaf(node)
+    t.detach(node, prune=False)
+    assert t.compact() is True and t.n_nodes == 3 and t.children[1] == [2]
+
+
+def test_a_leaf_grown_twofold_splits_below_the_split_bound(filled):
+    """Growth rule: a leaf that receives GROWTH times the points it was clustered with (a mode the tree has
+    not seen) is re-clustered even though it stays under ``split_bound``."""
+    s, vecs = filled
+    r = Router.build(s, k=3, l=2, split_bound=10_000, merge_bound=2)
+    lid = int(r.tree.leaf_ids()[np.argmax(r.leaf_counts[r.tree.leaf_ids()])])
+    ids, own = s.all_vectors(filter=Filter.of(leaf_in=[lid]))[:2]
+    n = len(ids)
+    assert 2 * n < 10_000
+    rng = np.random.default_rng(0)
+    new = own[rng.integers(0, n, 2 * n)] + 0.01 * rng.standard_normal((2 * n, own.shape[1])).astype(np.float32)
+    stats = r.add(np.arange(10_000, 10_000 + 2 * n), new)
+    assert stats["splits"] >= 1 and lid not in r.tree.leaf_node
+    _check_invariants(r)

@@ -130,7 +130,7 @@ def split_leaf(router, lid: int) -> tuple[list[int], tuple | None]:
         new_leaf[g] = tree.leaf_id[child]
     tree.retire_leaf(node)
     if parent != node:
-        tree.children[parent].remove(node)
+        tree.detach(node, prune=False)
     return [tree.leaf_id[c] for c in new_nodes], (ids, vecs, new_leaf)
 
 
@@ -148,18 +148,8 @@ def merge_leaf(router, lid: int) -> list[int]:
         _move(router, ids, vecs, leaf, new_leaf)
     tree.retire_leaf(node)
     tree.add_sum(node, -tree.sums[node].copy(), -int(tree.counts[node]))  # anything left (nothing, normally)
-    _detach(tree, node)
+    tree.detach(node)
     return targets
-
-
-def _detach(tree, node: int) -> None:
-    """Remove ``node`` from its parent; remove parents left without children (never the root)."""
-    parent = tree.parent[node]
-    while parent >= 0:
-        tree.children[parent].remove(node)
-        if tree.children[parent] or tree.parent[parent] < 0:
-            return
-        node, parent = parent, tree.parent[parent]
 
 
 def _grown(tree, node: int, merge_bound: int) -> bool:
@@ -170,6 +160,21 @@ def _grown(tree, node: int, merge_bound: int) -> bool:
     return count >= GROWTH * max(int(tree.born[node]), merge_bound) and count > _mean_leaf_size(tree)
 
 
+def _out_of_bounds(tree, meta, lids) -> list[int]:
+    """The live leaves among ``lids`` that ``_rebalance`` would split or merge now, in their first order:
+    one vectorised test of the bounds, so an add touching thousands of leaves does no Python work for
+    the ones that stay in bounds (most of them). Leaves a split or merge changes are re-queued one by
+    one; a leaf let through here is not re-tested as later splits lower the mean leaf size."""
+    lids = np.fromiter(dict.fromkeys(int(t) for t in lids), np.int64)
+    nodes = np.fromiter((tree.leaf_node.get(lid, -1) for lid in lids.tolist()), np.int64, count=len(lids))
+    lids, nodes = lids[nodes >= 0], nodes[nodes >= 0]
+    count, born = tree.counts[nodes], tree.born[nodes]
+    split, merge = meta["split_bound"], meta["merge_bound"]
+    grown = (count >= GROWTH * np.maximum(born, merge)) & (count > _mean_leaf_size(tree)) & (count >= 2 * merge)
+    small = (count < merge) & (tree.n_leaves > 1)
+    return lids[(count > split) | grown | small].tolist()
+
+
 def _rebalance(router, touched) -> dict:
     """Split leaves past ``split_bound`` or grown ``GROWTH``-fold, merge leaves under ``merge_bound``,
     starting from ``touched`` and re-checking every leaf a split, merge or boundary reassignment changed,
@@ -177,7 +182,7 @@ def _rebalance(router, touched) -> dict:
     (:meth:`Tree.regroup`) so the upper centroids are placed for the data they now hold."""
     tree, meta = router.tree, router.meta
     splits = merges = moved = 0
-    queue = list(dict.fromkeys(int(t) for t in touched))
+    queue = _out_of_bounds(tree, meta, touched)
     guard = 0
     while queue and guard < 10_000:
         guard += 1

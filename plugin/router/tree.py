@@ -115,6 +115,9 @@ class Tree:
         self._born = np.zeros(0, np.int64)
         self.leaf_node: dict[int, int] = {}  # leaf id -> node
         self.next_leaf_id = 0
+        #: whether some node may be unreachable from the root (set by ``detach`` and ``regroup``, cleared
+        #: by ``compact``), so that a publish after a plain add skips compact's walk over every node
+        self.unreachable = True
 
     @property
     def n_nodes(self) -> int:
@@ -171,6 +174,17 @@ class Tree:
             del self.leaf_node[lid]
             self.leaf_id[node] = -1
 
+    def detach(self, node: int, prune: bool = True) -> None:
+        """Remove ``node`` from its parent's children; with ``prune``, parents left without children go
+        too (never the root). Detached nodes are unreachable until ``compact`` drops them."""
+        self.unreachable = True
+        parent = self.parent[node]
+        while parent >= 0:
+            self.children[parent].remove(node)
+            if not prune or self.children[parent] or self.parent[parent] < 0:
+                return
+            node, parent = parent, self.parent[parent]
+
     def path(self, node: int) -> list[int]:
         out = []
         while node >= 0:
@@ -220,6 +234,9 @@ class Tree:
     def compact(self) -> bool:
         """Drop nodes no longer reachable from the root (left by merges); node ids are renumbered, leaf
         ids kept. Returns whether anything was dropped."""
+        if not self.unreachable:
+            return False
+        self.unreachable = False
         order, stack = [], [0] if self.n_nodes else []
         while stack:
             node = stack.pop()
@@ -257,6 +274,7 @@ class Tree:
         means = self.centroids[leaves].astype(np.float32)  # last non-empty mean: defined for empty leaves
         sums, weights = self.sums[leaves], np.maximum(self.counts[leaves], 1)
         self.children[0] = []
+        self.unreachable = True  # the old internal nodes
         stack = [(0, np.arange(len(leaves)))]
         while stack:
             parent, idx = stack.pop()
@@ -322,8 +340,11 @@ class Tree:
                         n_points=int(self._counts[0]) if self.n_nodes else 0, **extra)
 
     def to_arrays(self) -> dict:
+        """The state to save. Sums are saved in float32 (loaded back as float64): a third less to write
+        per save, and the rounding (7 digits of a leaf's sum) is far below what the float32 centroids
+        that routing reads already carry."""
         return {"parent": np.asarray(self.parent, np.int32), "depth": np.asarray(self.depth, np.int32),
-                "leaf_id": np.asarray(self.leaf_id, np.int32), "sums": self.sums, "counts": self.counts,
+                "leaf_id": np.asarray(self.leaf_id, np.int32), "sums": self.sums.astype(np.float32), "counts": self.counts,
                 "centroids": self.centroids, "born": self.born,
                 "child_offsets": np.cumsum([0] + [len(c) for c in self.children]).astype(np.int64),
                 "children": np.asarray([c for cs in self.children for c in cs], np.int32)}
