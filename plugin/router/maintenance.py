@@ -26,7 +26,7 @@ from plugin.router.tree import METRICS, _halve, _split
 from plugin.store.base import Filter, check_ids, check_payloads, check_vectors
 
 NEIGHBOURS = 3
-#: a leaf this many times the size it was clustered at is re-clustered (see ``_grown``)
+#: a leaf this many times the size it was clustered at is re-clustered (see ``_bounds``)
 GROWTH = 2.0
 
 
@@ -152,12 +152,15 @@ def merge_leaf(router, lid: int) -> list[int]:
     return targets
 
 
-def _grown(tree, node: int, merge_bound: int) -> bool:
-    """A leaf at least ``GROWTH`` times the size it was clustered at (and above the mean leaf size):
-    what lands in one leaf that fast is usually a mode the tree has not seen (a new class), which its
-    old centroid and neighbours were never placed for."""
-    count = int(tree.counts[node])
-    return count >= GROWTH * max(int(tree.born[node]), merge_bound) and count > _mean_leaf_size(tree)
+def _bounds(tree, meta, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(split, merge) masks over leaf ``nodes``: split a leaf past ``split_bound``, or one holding at
+    least ``GROWTH`` times the points it was clustered at (and twice ``merge_bound``, and above the mean
+    leaf size): what lands in one leaf that fast is usually a mode the tree has not seen (a new class),
+    which its old centroid and neighbours were never placed for; merge a leaf under ``merge_bound``."""
+    count, born = tree.counts[nodes], tree.born[nodes]
+    split, merge = meta["split_bound"], meta["merge_bound"]
+    grown = (count >= GROWTH * np.maximum(born, merge)) & (count > _mean_leaf_size(tree)) & (count >= 2 * merge)
+    return (count > split) | grown, (count < merge) & (tree.n_leaves > 1)
 
 
 def _out_of_bounds(tree, meta, lids) -> list[int]:
@@ -168,11 +171,8 @@ def _out_of_bounds(tree, meta, lids) -> list[int]:
     lids = np.fromiter(dict.fromkeys(int(t) for t in lids), np.int64)
     nodes = np.fromiter((tree.leaf_node.get(lid, -1) for lid in lids.tolist()), np.int64, count=len(lids))
     lids, nodes = lids[nodes >= 0], nodes[nodes >= 0]
-    count, born = tree.counts[nodes], tree.born[nodes]
-    split, merge = meta["split_bound"], meta["merge_bound"]
-    grown = (count >= GROWTH * np.maximum(born, merge)) & (count > _mean_leaf_size(tree)) & (count >= 2 * merge)
-    small = (count < merge) & (tree.n_leaves > 1)
-    return lids[(count > split) | grown | small].tolist()
+    split, merge = _bounds(tree, meta, nodes)
+    return lids[split | merge].tolist()
 
 
 def _rebalance(router, touched) -> dict:
@@ -189,16 +189,15 @@ def _rebalance(router, touched) -> dict:
         lid = queue.pop(0)
         if lid not in tree.leaf_node:
             continue
-        count = int(tree.counts[tree.leaf_node[lid]])
-        if count > meta["split_bound"] or (count >= 2 * meta["merge_bound"]
-                                           and _grown(tree, tree.leaf_node[lid], meta["merge_bound"])):
+        split, merge = (bool(m[0]) for m in _bounds(tree, meta, np.array([tree.leaf_node[lid]])))
+        if split:
             new, points = split_leaf(router, lid)
             if new:
                 splits += 1
                 n_moved, changed = reassign_local(router, new, points)
                 moved += n_moved
                 queue.extend(new + changed)
-        elif count < meta["merge_bound"] and tree.n_leaves > 1:
+        elif merge:
             targets = merge_leaf(router, lid)
             if targets:
                 merges += 1

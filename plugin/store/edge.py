@@ -29,7 +29,6 @@ from plugin.errors import CollectionExistsError, CollectionNotFoundError, HSearc
 from plugin.fsutil import atomic_write_bytes, fsync_dir, fsync_tree
 from plugin.store import replicas
 from plugin.store.base import DISTANCES, Filter, Hit, NoFacetIndex, Store, to_record, translate_filter
-from plugin.store.replicas import REPLICAS_DIR
 
 META_FILE = "collection.json"
 #: Segments above this size (KB) are optimized (co-located by the principal field, quantized) by
@@ -108,7 +107,7 @@ class EdgeStore(Store):
             self._shard = self._load(qe)
             self.routed_layout = self._read_layout()
             # copies a crashed process's read replicas left (they were never the truth; ours holds the lock)
-            shutil.rmtree(self.path / REPLICAS_DIR, ignore_errors=True)
+            shutil.rmtree(self.path / replicas.REPLICAS_DIR, ignore_errors=True)
         elif dim is None:
             unfinished = " (an interrupted creation left files there; creating it again replaces them)" \
                 if (self.path / CREATING_FILE).exists() or (self.path / "shard").exists() else ""
