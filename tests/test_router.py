@@ -203,6 +203,34 @@ def test_persistence_and_reopen(tmp_path, fmnist_small):
     r2.close()
 
 
+def test_saved_state_derives_sums_from_exact_centroids_and_reads_older_files(tmp_path, fmnist_small):
+    """The state file holds centroids and counts, not sums: after a reopen the centroids are bit-identical,
+    the sums equal centroid x count to float32 rounding (as the float32 sums saved before), and a state
+    file that still holds sums loads them as saved."""
+    from plugin.router.state import load_state, save_state
+
+    vecs, _, _ = fmnist_small
+    s = open_store(tmp_path / "c", dim=vecs.shape[1])
+    s.upsert(np.arange(250), vecs[:250])
+    r = Router.build(s, k=3, l=2, max_leaf_size=60, min_leaf_size=5)
+    r.add(np.arange(250, 300), vecs[250:300], save=True)
+    sums, cents, counts = r.tree.sums.copy(), r.tree.centroids.copy(), r.tree.counts.copy()
+    meta, arrays = load_state(state_path(s))
+    assert "sums" not in arrays
+    s.close()
+    r2 = Router.open(tmp_path / "c")
+    assert np.array_equal(r2.tree.centroids, cents) and np.array_equal(r2.tree.counts, counts)
+    np.testing.assert_allclose(r2.tree.sums, sums, rtol=2e-6, atol=1e-5)
+    r2.close()
+    old = tmp_path / "old.npz"
+    save_state(old, meta, {**arrays, "sums": sums * 2})  # a file written before sums were derived
+    _, arrays_old = load_state(old)
+    from plugin.router.tree import Tree
+
+    t = Tree.from_arrays(vecs.shape[1], "cosine", 3, 2, meta["next_leaf_id"], arrays_old)
+    assert np.array_equal(t.sums, sums * 2)
+
+
 def test_crash_mid_state_write_keeps_previous_state(tmp_path, fmnist_small, monkeypatch):
     vecs, _, _ = fmnist_small
     s = open_store(tmp_path / "c", dim=vecs.shape[1])
@@ -543,12 +571,14 @@ def test_parallel_routing_gives_the_serial_kernels_results_under_concurrent_batc
 def test_snapshot_rows_are_the_unit_rows_their_norms_and_codes(fmnist_small, cosine):
     """The snapshot's one-pass kernel: unit rows under cosine (a zero row stays zero), the rows as given
     otherwise, their squared norms, and the int8 codes of exactly those rows."""
-    from plugin.router.kernels import snapshot_rows
+    from plugin.router.kernels import snapshot_rows, snapshot_rows_parallel, snapshot_rows_serial
     from plugin.router.tree import int8_codes
 
-    cents = fmnist_small[0][:50].astype(np.float32) * np.linspace(0.2, 4, 50, dtype=np.float32)[:, None]
+    cents = fmnist_small[0][:80].astype(np.float32) * np.linspace(0.2, 4, 80, dtype=np.float32)[:, None]
     cents[6] = 0
     rows, sq, codes, scale = snapshot_rows(cents, cosine)
+    for kernel in (snapshot_rows_serial, snapshot_rows_parallel):  # snapshot_rows picks one by size
+        assert all(np.array_equal(a, b) for a, b in zip(kernel(cents, cosine), (rows, sq, codes, scale)))
     want = cents / np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12) if cosine else cents
     np.testing.assert_allclose(rows, want, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(sq, np.einsum("ij,ij->i", want, want), rtol=1e-5, atol=1e-7)

@@ -71,6 +71,28 @@ def test_unsaved_reupsert_of_existing_ids_is_repaired_on_open(coll):
     r2.close()
 
 
+def test_an_add_the_store_refuses_leaves_the_tree_as_it_was(coll, monkeypatch):
+    """The tree's sums are added beside the engine's upsert; when the upsert fails they are taken back
+    out: counts exactly, sums and centroids to float rounding, and the next add goes through."""
+    path, s, vecs = coll
+    r = Router.build(s, k=2, l=2, max_leaf_size=60, min_leaf_size=5)
+    counts, sums, cents = r.tree.counts.copy(), r.tree.sums.copy(), r.tree.centroids.copy()
+
+    def refuse(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(s, "_upsert", refuse)
+    with pytest.raises(OSError, match="disk full"):
+        r.add(np.arange(150, 190), vecs[150:190])
+    monkeypatch.undo()
+    assert np.array_equal(r.tree.counts, counts) and r.flat.n_points == 150
+    np.testing.assert_allclose(r.tree.sums, sums, atol=1e-9)
+    np.testing.assert_allclose(r.tree.centroids, cents, atol=1e-6)
+    assert r.check()["consistent"]
+    r.add(np.arange(150, 190), vecs[150:190])
+    assert_every_point_findable(r, {i: vecs[i] for i in range(190)})
+
+
 def test_routed_search_scores_points_not_yet_filed(coll):
     """Points upserted around the router (leaf -1) are scored by every routed search, not skipped."""
     path, s, vecs = coll

@@ -581,6 +581,7 @@ def _ingest_rows(b: Bench, trees, dim: int, workdir: Path) -> None:
         for trial in range(INGEST_TRIALS):  # interleaved, so both sides see the same moments of this VM
             path = workdir / f"trial-{trial}" / base.name  # the same name: the router's state names its collection
             shutil.copytree(base, path)
+            os.sync()  # the copy's writeback is not the method's: both sides start with clean pages
             s_t = EdgeStore(path)
             r_t = Router.open(s_t)
             # jit warm-up, as in a long-running process: filing (one-thread and parallel kernels) and the tree
@@ -605,6 +606,7 @@ def _ingest_rows(b: Bench, trees, dim: int, workdir: Path) -> None:
             # the engine's HNSW: the same growth inserted into an optimised collection, then re-optimised
             hpath = workdir / f"trial-{trial}" / hbase.name
             shutil.copytree(hbase, hpath)
+            os.sync()
             h = EdgeStore(hpath)
             t = time.perf_counter()
             h.upsert(ids1, b.dbv[ids1], pl(ids1))

@@ -15,9 +15,13 @@
   set, so a boundary that moved does not strand points on the wrong side.
 
 Order of writes: the store first (the truth), then the in-memory tree; ``Router.reconcile`` repairs the
-saved state from the store's ``leaf`` payloads if a crash comes between them.
+saved state from the store's ``leaf`` payloads if a crash comes between them. (An add sums its points
+into the in-memory tree beside the store write, and takes them back out if that write fails: nothing
+reaches the saved state before the store has the points.)
 """
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -233,11 +237,48 @@ def add_points(router, ids, vectors, payloads=None) -> dict:
     # re-upserting an existing id replaces it: take the old copy out of its leaf first
     old = store.retrieve(id_arr, with_vectors=True)
     payloads = [{**p, "leaf": int(l)} for p, l in zip(payloads, lids)]
-    store.upsert(id_arr, stored, payloads)
+    with _beside(tree.add_to_leaves, stored, lids, +1) as summed:
+        try:
+            store.upsert(id_arr, stored, payloads)
+        except BaseException:
+            summed.wait()
+            tree.add_to_leaves(stored, lids, -1)  # the tree must not count points the store refused
+            raise
     touched = _take_out(tree, old)
-    tree.add_to_leaves(stored, lids, +1)
     stats = _rebalance(router, np.unique(lids).tolist() + touched)
     return {"added": len(vecs), "replaced": len(old), **stats}
+
+
+class _beside:
+    """``fn(*args)`` in a thread while the ``with`` body runs; leaving the block waits for it and re-raises
+    its error. For ``router.add``: the tree's sums (a nogil kernel, :func:`kernels.add_up_tree`) are added
+    while the engine's upsert builds its points under the GIL, where the two ran one after the other."""
+
+    def __init__(self, fn, *args):
+        self._error = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
+
+    def _run(self, fn, args):
+        try:
+            fn(*args)
+        except BaseException as e:  # re-raised in the caller's thread by wait()
+            self._error = e
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.wait()
+        else:
+            self._thread.join()
 
 
 def delete_points(router, ids) -> dict:

@@ -26,6 +26,7 @@ Build choices where the paper is silent:
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -313,8 +314,9 @@ class Tree:
     def leaf_counts(self) -> np.ndarray:
         """Points per leaf id (indexed by leaf id; retired ids count 0)."""
         out = np.zeros(self.next_leaf_id, np.int64)
-        for lid, node in self.leaf_node.items():
-            out[lid] = self._counts[node]
+        lid = np.asarray(self.leaf_id, np.int64)
+        is_leaf = lid >= 0
+        out[lid[is_leaf]] = self._counts[:self.n_nodes][is_leaf]
         return out
 
     def leaf_centroids(self, lids) -> np.ndarray:
@@ -324,7 +326,7 @@ class Tree:
         """A new immutable snapshot (copies: later edits of the tree never show through)."""
         offsets = np.zeros(self.n_nodes + 1, np.int64)
         offsets[1:] = np.cumsum([len(c) for c in self.children])
-        kids = np.fromiter((c for cs in self.children for c in cs), np.int32, count=int(offsets[-1]))
+        kids = np.fromiter(itertools.chain.from_iterable(self.children), np.int32, count=int(offsets[-1]))
         from plugin.router.kernels import snapshot_rows
 
         cents, sqnorm, codes, scale = snapshot_rows(np.ascontiguousarray(self.centroids, np.float32),
@@ -340,11 +342,12 @@ class Tree:
                         n_points=int(self._counts[0]) if self.n_nodes else 0, **extra)
 
     def to_arrays(self) -> dict:
-        """The state to save. Sums are saved in float32 (loaded back as float64): a third less to write
-        per save, and the rounding (7 digits of a leaf's sum) is far below what the float32 centroids
-        that routing reads already carry."""
+        """The state to save. Sums are not saved: every node holding points has centroid = sums / counts
+        (``add_up_tree`` and ``refine`` keep it so), so loading takes sums = centroid x count. That halves
+        each save (the float32 centroids are saved exactly, so routing after a load is bit-identical),
+        and the rounding is the float32 centroid's (7 digits of a leaf's sum), as float32 sums had."""
         return {"parent": np.asarray(self.parent, np.int32), "depth": np.asarray(self.depth, np.int32),
-                "leaf_id": np.asarray(self.leaf_id, np.int32), "sums": self.sums.astype(np.float32), "counts": self.counts,
+                "leaf_id": np.asarray(self.leaf_id, np.int32), "counts": self.counts,
                 "centroids": self.centroids, "born": self.born,
                 "child_offsets": np.cumsum([0] + [len(c) for c in self.children]).astype(np.int64),
                 "children": np.asarray([c for cs in self.children for c in cs], np.int32)}
@@ -357,8 +360,10 @@ class Tree:
         t.leaf_id = a["leaf_id"].tolist()
         off, ch = a["child_offsets"], a["children"]
         t.children = [ch[off[i]:off[i + 1]].tolist() for i in range(len(t.parent))]
-        t._sums, t._counts = a["sums"].astype(np.float64), a["counts"].astype(np.int64)
+        t._counts = a["counts"].astype(np.int64)
         t._centroids = a["centroids"].astype(np.float32)
+        # states saved before sums were derived from the centroids hold them
+        t._sums = a["sums"].astype(np.float64) if "sums" in a else t._centroids.astype(np.float64) * t._counts[:, None]
         t._born = a["born"].astype(np.int64) if "born" in a else t._counts.copy()  # older state files
         t.leaf_node = {lid: n for n, lid in enumerate(t.leaf_id) if lid >= 0}
         t.next_leaf_id = next_leaf_id
