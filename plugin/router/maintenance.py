@@ -26,6 +26,7 @@ import threading
 import numpy as np
 
 from plugin.router.kernels import centroid_distances
+from plugin.router.recent import points_of
 from plugin.router.tree import METRICS, _halve, _split
 from plugin.store.base import Filter, check_ids, check_payloads, check_vectors
 
@@ -44,9 +45,10 @@ def _dist(metric: str, x: np.ndarray, c: np.ndarray) -> np.ndarray:
     return -(x @ c.T)
 
 
-def _points_of(store, lids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, vectors, leaf) of every stored point in the given leaves."""
-    ids, vecs, pls = store.all_vectors(payload_fields=["leaf"], filter=Filter.of(leaf_in=list(lids)))
+def _points_of(router, lids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, vectors, leaf) of every stored point in the given leaves; the vectors of points added
+    lately come from ``router.recent`` (:mod:`plugin.router.recent`), the rest from the store."""
+    ids, vecs, pls = points_of(router.store, router.recent, Filter.of(leaf_in=list(lids)))
     return ids, vecs, np.asarray([p.get("leaf", -1) for p in pls], np.int64)
 
 
@@ -88,9 +90,9 @@ def reassign_local(router, changed: list[int], known=None) -> tuple[int, list[in
     neigh = _nearest_leaves(tree, centre, set(changed), NEIGHBOURS)
     local = changed + neigh
     if known is None:
-        ids, vecs, leaf = _points_of(router.store, local)
+        ids, vecs, leaf = _points_of(router, local)
     else:
-        more = _points_of(router.store, neigh) if neigh else (known[0][:0], known[1][:0], known[2][:0])
+        more = _points_of(router, neigh) if neigh else (known[0][:0], known[1][:0], known[2][:0])
         ids, vecs, leaf = (np.concatenate([a, b]) for a, b in zip(known, more))
     if len(ids) == 0:
         return 0, []
@@ -111,7 +113,7 @@ def split_leaf(router, lid: int) -> tuple[list[int], tuple | None]:
     pieces' parent."""
     tree, store = router.tree, router.store
     node = tree.leaf_node[lid]
-    ids, vecs, _ = _points_of(store, [lid])
+    ids, vecs, _ = _points_of(router, [lid])
     if len(ids) < 2:
         return [], None
     pieces = int(min(tree.k, max(2, round(len(ids) / max(_mean_leaf_size(tree), 1.0)))))
@@ -144,7 +146,7 @@ def merge_leaf(router, lid: int) -> list[int]:
     node = tree.leaf_node[lid]
     if tree.parent[node] < 0 or tree.n_leaves < 2:
         return []
-    ids, vecs, leaf = _points_of(router.store, [lid])
+    ids, vecs, leaf = _points_of(router, [lid])
     targets = _nearest_leaves(tree, tree.centroids[node], {lid}, NEIGHBOURS)
     if len(ids):
         d = _dist(tree.metric, vecs, tree.leaf_centroids(targets))
@@ -244,6 +246,9 @@ def add_points(router, ids, vectors, payloads=None) -> dict:
             summed.wait()
             tree.add_to_leaves(stored, lids, -1)  # the tree must not count points the store refused
             raise
+    # rows the caller may still change are copied; under cosine ``stored`` is already our own array
+    shared = isinstance(vectors, np.ndarray) and np.may_share_memory(stored, vectors)
+    router.recent.put(id_arr, stored.copy() if shared else stored)
     touched = _take_out(tree, old)
     stats = _rebalance(router, np.unique(lids).tolist() + touched)
     return {"added": len(vecs), "replaced": len(old), **stats}
@@ -285,6 +290,7 @@ def delete_points(router, ids) -> dict:
     store, tree = router.store, router.tree
     recs = store.retrieve(check_ids(ids), with_vectors=True)
     store.delete([r.id for r in recs])
+    router.recent.drop([r.id for r in recs])
     stats = _rebalance(router, _take_out(tree, recs))
     return {"deleted": len(recs), **stats}
 
@@ -294,6 +300,7 @@ def reconcile(router) -> dict:
     split / merge the leaves the repair pushed past their bounds. A full scan: ``Router.open`` calls it
     only when :meth:`Router.check` found a divergence."""
     store, tree = router.store, router.tree
+    router.recent.clear()  # the store is the truth, vectors included
     ids, vecs, pls = store.all_vectors(payload_fields=["leaf"])
     leaf = np.asarray([p.get("leaf", -1) for p in pls], np.int64)
     unknown = np.flatnonzero(~np.isin(leaf, tree.leaf_ids()))

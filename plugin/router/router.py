@@ -28,6 +28,7 @@ from plugin.errors import BadVectorError, EmptyCollectionError, RouterError
 from plugin.router import maintenance
 from plugin.router.kernels import nearest_leaf_batch, probe_many, unit_rows
 from plugin.router.modes import ModeContext, as_plan, get_mode, route
+from plugin.router.recent import RecentVectors
 from plugin.router.rwlock import RWLock
 from plugin.router.state import commit_staged, load_committed, save_state, staged_path, state_path
 from plugin.router.tree import Tree, build_tree, check_build_params
@@ -66,6 +67,8 @@ class Router:
         self._lock = RWLock()
         self.flat = tree.flatten()
         self.oversampling = meta.get("oversampling", OVERSAMPLING)
+        #: rows of recently added points, read back by splits instead of the store (``RecentVectors(0)``: off)
+        self.recent = RecentVectors()
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
