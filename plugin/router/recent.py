@@ -34,30 +34,28 @@ class RecentVectors:
 
     def __init__(self, max_bytes: int = RECENT_BYTES):
         self.max_bytes = int(max_bytes)
-        self._batches: deque = deque()  # (sequence number, ids, rows), oldest first
-        self._where: dict[int, tuple[int, int]] = {}  # id -> (sequence number, row)
-        self._rows: dict[int, np.ndarray] = {}  # sequence number -> rows
+        self._batches: deque = deque()  # (ids, rows) per put, oldest first
+        self._where: dict[int, tuple[tuple, int]] = {}  # id -> (its batch, row)
         self._bytes = 0
-        self._next = 0
 
     def __len__(self) -> int:
         return len(self._where)
 
     def put(self, ids: np.ndarray, rows: np.ndarray) -> None:
         """Remember ``rows`` (kept, not copied: the caller hands over an array it no longer changes)."""
+        ids = np.asarray(ids, np.int64)
         if self.max_bytes <= 0 or rows.nbytes > self.max_bytes or len(ids) == 0:
             self.drop(ids)  # a re-upsert too large to keep must not leave the old row behind
             return
-        seq, self._next = self._next, self._next + 1
-        self._batches.append((seq, np.asarray(ids, np.int64)))
-        self._rows[seq] = rows
-        self._where.update(zip(np.asarray(ids, np.int64).tolist(), ((seq, j) for j in range(len(ids)))))
+        batch = (ids, rows)  # a new tuple per put: its identity tells batches apart, even of one array
+        self._batches.append(batch)
+        self._where.update((i, (batch, j)) for j, i in enumerate(ids.tolist()))
         self._bytes += rows.nbytes
         while self._bytes > self.max_bytes:
-            old, old_ids = self._batches.popleft()
-            self._bytes -= self._rows.pop(old).nbytes
-            for i in old_ids.tolist():
-                if self._where.get(i, (None,))[0] == old:
+            old = self._batches.popleft()
+            self._bytes -= old[1].nbytes
+            for i in old[0].tolist():
+                if self._where.get(i, (None,))[0] is old:  # not re-put in a newer batch since
                     del self._where[i]
 
     def drop(self, ids) -> None:
@@ -67,18 +65,17 @@ class RecentVectors:
     def clear(self) -> None:
         self._batches.clear()
         self._where.clear()
-        self._rows.clear()
         self._bytes = 0
 
     def get(self, ids: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """(rows, found): float32 (len(ids), dim) rows, zero where ``found`` is False."""
         out = np.zeros((len(ids), dim), np.float32)
         found = np.zeros(len(ids), bool)
-        where, rows = self._where.get, self._rows
+        where = self._where.get
         for j, i in enumerate(np.asarray(ids, np.int64).tolist()):
             at = where(i)
             if at is not None:
-                out[j] = rows[at[0]][at[1]]
+                out[j] = at[0][1][at[1]]
                 found[j] = True
         return out, found
 

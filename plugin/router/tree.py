@@ -324,9 +324,7 @@ class Tree:
 
     def flatten(self) -> FlatTree:
         """A new immutable snapshot (copies: later edits of the tree never show through)."""
-        offsets = np.zeros(self.n_nodes + 1, np.int64)
-        offsets[1:] = np.cumsum([len(c) for c in self.children])
-        kids = np.fromiter(itertools.chain.from_iterable(self.children), np.int32, count=int(offsets[-1]))
+        offsets, kids = self._children_csr()
         from plugin.router.kernels import snapshot_rows
 
         cents, sqnorm, codes, scale = snapshot_rows(np.ascontiguousarray(self.centroids, np.float32),
@@ -349,8 +347,15 @@ class Tree:
         return {"parent": np.asarray(self.parent, np.int32), "depth": np.asarray(self.depth, np.int32),
                 "leaf_id": np.asarray(self.leaf_id, np.int32), "counts": self.counts,
                 "centroids": self.centroids, "born": self.born,
-                "child_offsets": np.cumsum([0] + [len(c) for c in self.children]).astype(np.int64),
-                "children": np.asarray([c for cs in self.children for c in cs], np.int32)}
+                **dict(zip(("child_offsets", "children"), self._children_csr()))}
+
+    def _children_csr(self) -> tuple[np.ndarray, np.ndarray]:
+        """The children lists as CSR arrays (int64 offsets, int32 children): node ``i``'s children are
+        ``children[offsets[i]:offsets[i + 1]]``; the snapshot and the state file hold them so."""
+        offsets = np.zeros(self.n_nodes + 1, np.int64)
+        offsets[1:] = np.cumsum([len(c) for c in self.children])
+        kids = np.fromiter(itertools.chain.from_iterable(self.children), np.int32, count=int(offsets[-1]))
+        return offsets, kids
 
     @classmethod
     def from_arrays(cls, dim: int, metric: str, k: int, l: int, next_leaf_id: int, a: dict) -> "Tree":
