@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from plugin.errors import HSearchError
 from plugin.router import Router
 from plugin.router.state import staged_path, state_path
 from plugin.store import Filter, open_store
@@ -91,6 +92,61 @@ def test_an_add_the_store_refuses_leaves_the_tree_as_it_was(coll, monkeypatch):
     assert r.check()["consistent"]
     r.add(np.arange(150, 190), vecs[150:190])
     assert_every_point_findable(r, {i: vecs[i] for i in range(190)})
+
+
+@pytest.mark.parametrize("refused_write", [2, 5])  # in the first half (filed up front), in the second (filed on the worker)
+def test_an_add_refused_partway_keeps_what_the_store_took(coll, monkeypatch, refused_write):
+    """An add is written in parts; when the store refuses one, the parts before it stay added in the
+    store, the tree and the recent vectors alike, and the rest are in none of them."""
+    from plugin.router import maintenance
+
+    path, s, vecs = coll
+    r = Router.build(s, k=2, l=2, max_leaf_size=60, min_leaf_size=5)
+    monkeypatch.setattr(maintenance, "ADD_PART", 32)  # 150 points: halves of 75, writes of 32, 32, 11
+    upsert, calls = s._upsert, []
+
+    def refuse_one(*a):
+        calls.append(len(a[0]))
+        if len(calls) == refused_write:
+            raise OSError("disk full")
+        upsert(*a)
+
+    monkeypatch.setattr(s, "_upsert", refuse_one)
+    with pytest.raises(OSError, match="disk full"):
+        r.add(np.arange(150, 300), vecs[150:300])
+    monkeypatch.undo()
+    kept = 150 + sum(calls[:refused_write - 1])
+    assert s.count() == kept and r.flat.n_points == kept and int(r.tree.counts[0]) == kept
+    found = r.recent.get(np.arange(150, 300), s.dim)[1]
+    assert np.array_equal(np.flatnonzero(found) + 150, np.arange(150, kept))
+    assert_every_point_findable(r, {i: vecs[i] for i in range(kept)})
+    r.add(np.arange(kept, 300), vecs[kept:300])
+    assert_every_point_findable(r, {i: vecs[i] for i in range(300)})
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_an_add_publishes_the_snapshot_of_the_tree_it_leaves(coll, replace):
+    """The snapshot's rows made beside the engine's write are those of the tree after the add: the same
+    arrays a fresh flatten makes (also when re-upserted points moved sums after the rows were made)."""
+    path, s, vecs = coll
+    r = Router.build(s, k=2, l=2, split_bound=10_000, merge_bound=1)  # no splits: the rows are kept
+    before = r.flat.centroids.copy()
+    ids = np.arange(0, 150) if replace else np.arange(150, 300)
+    st = r.add(ids, vecs[::-1][:150] if replace else vecs[150:300])
+    assert st["splits"] == st["merges"] == 0 and st["replaced"] == (150 if replace else 0)
+    fresh = r.tree.flatten()
+    assert not np.array_equal(r.flat.centroids, before)  # the add moved the centroids
+    for name in ("centroids", "sqnorm", "codes", "code_scale", "leaf_counts"):
+        assert np.array_equal(getattr(r.flat, name), getattr(fresh, name)), name
+
+
+def test_an_add_with_an_id_twice_is_refused_before_anything_changes(coll):
+    path, s, vecs = coll
+    r = Router.build(s, k=2, l=2)
+    counts = r.tree.counts.copy()
+    with pytest.raises(HSearchError, match="duplicate ids"):
+        r.add(np.r_[400:549, 400], vecs[150:300])  # the two halves, written apart, hold one id each
+    assert np.array_equal(r.tree.counts, counts) and s.count() == 150 and len(r.recent) == 0
 
 
 def test_routed_search_scores_points_not_yet_filed(coll):

@@ -250,7 +250,7 @@ def snapshot_rows(centroids, normalise):
     return _on_every_core(snapshot_rows_serial, snapshot_rows_parallel, centroids, (normalise,))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def snapshot_rows_serial(centroids, normalise):
     rows, sqnorm, codes, scale = _snapshot_arrays(centroids)
     for i in range(centroids.shape[0]):
@@ -334,7 +334,7 @@ def nearest_leaf(q, centroids, child_offsets, children, leaf_of_node, metric):
     return leaf_of_node[node]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def nearest_leaf_batch(Q, centroids, child_offsets, children, leaf_of_node, metric):
     out = np.empty(Q.shape[0], np.int64)
     for b in range(Q.shape[0]):
@@ -446,7 +446,7 @@ def probe_one(q, rows, scale, sqnorm, child_offsets, children, leaf_of_node, met
     return n_out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def probe_batch(Q, rows, scale, sqnorm, child_offsets, children, leaf_of_node, metric, nprobe, s2):
     """:func:`probe_one` per row of ``Q``: returns (leaf ids (B, nprobe), counts (B,))."""
     B = Q.shape[0]

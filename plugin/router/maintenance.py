@@ -16,19 +16,19 @@
 
 Order of writes: the store first (the truth), then the in-memory tree; ``Router.reconcile`` repairs the
 saved state from the store's ``leaf`` payloads if a crash comes between them. (An add sums its points
-into the in-memory tree beside the store write, and takes them back out if that write fails: nothing
-reaches the saved state before the store has the points.)
+into the in-memory tree beside the store write, on the router's worker thread, and leaves the tree
+counting exactly the parts the store took if a write fails: nothing reaches the saved state before
+the store has the points.)
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
-from plugin.router.kernels import centroid_distances
+from plugin.router.kernels import PARALLEL_MIN, centroid_distances
 from plugin.router.recent import points_of
 from plugin.router.tree import METRICS, _halve, _split
-from plugin.store.base import Filter, check_ids, check_payloads, check_vectors
+from plugin.errors import HSearchError
+from plugin.store.base import Filter, check_ids, check_payloads
 
 NEIGHBOURS = 3
 #: a leaf this many times the size it was clustered at is re-clustered (see ``_bounds``)
@@ -229,61 +229,79 @@ def _take_out(tree, records) -> list[int]:
     return tree.add_to_leaves(vecs, lids, -1)
 
 
-def add_points(router, ids, vectors, payloads=None) -> dict:
+#: rows per engine write in ``router.add`` (the store's own batch): a refused write leaves the parts
+#: before it added, in the store and in the tree alike
+ADD_PART = 1024
+
+
+def add_points(router, ids, vectors, payloads=None) -> tuple[dict, tuple | None]:
+    """``router.add``'s work: (stats, the next snapshot's rows if they match the tree as left, else None).
+
+    The engine's write holds the GIL (building its points, then the update), so the router's own work
+    runs beside it on the router's worker thread, in GIL-free kernels: the first half of the points is
+    filed on every core, then the second half is filed on the worker while the engine writes the
+    first, and the tree's sums and the next snapshot's rows are made while it writes the second.
+
+    If the store refuses a write, the parts before it stay added (tree, store and recent vectors agree
+    on them), the rest are taken back out of the tree, and the error is re-raised without splits or
+    merges (the next add or ``reconcile`` does them)."""
     store, tree = router.store, router.tree
-    vecs = check_vectors(vectors, store.dim)
-    id_arr = check_ids(ids, len(vecs))
-    payloads = check_payloads(payloads, len(vecs))
-    stored = _as_stored(tree, vecs)
-    lids = router.assign(stored)
-    # re-upserting an existing id replaces it: take the old copy out of its leaf first
+    stored = router.prepare_queries(vectors)  # checked; unit rows under cosine, as the engine stores them
+    id_arr = check_ids(ids, len(stored))
+    payloads = check_payloads(payloads, len(stored))
+    if len(np.unique(id_arr)) != len(id_arr):
+        raise HSearchError("duplicate ids in one add")  # the tree would count the point twice
+    if isinstance(vectors, np.ndarray) and np.may_share_memory(stored, vectors):
+        stored = stored.copy()  # kept in router.recent: rows the caller may still change are copied
+    # re-upserting an existing id replaces it: its old copy is taken out of its leaf below
     old = store.retrieve(id_arr, with_vectors=True)
-    payloads = [{**p, "leaf": int(l)} for p, l in zip(payloads, lids)]
-    with _beside(tree.add_to_leaves, stored, lids, +1) as summed:
+    n, flat, worker = len(stored), router.flat, router.worker()
+    half = n // 2 if n >= 2 * PARALLEL_MIN else n  # below, the worker's start costs more than it hides
+    lids = np.empty(n, np.int64)
+    lids[:half] = router.file_rows(stored[:half], flat)
+    filing = worker.submit(router.file_rows, stored[half:], flat, True) if half < n else None
+    summing, done = None, 0
+
+    def write(stop):
+        nonlocal done
+        while done < stop:
+            part = slice(done, min(done + ADD_PART, stop))
+            store.upsert(id_arr[part], stored[part],
+                         [{**p, "leaf": int(l)} for p, l in zip(payloads[part], lids[part].tolist())])
+            done = part.stop
+
+    try:
         try:
-            store.upsert(id_arr, stored, payloads)
+            write(half)
+            if filing is not None:
+                lids[half:] = filing.result()
+            summing = worker.submit(_sum_then_rows, tree, tree.leaf_adder(stored, lids, +1)[0])
+            write(n)
         except BaseException:
-            summed.wait()
-            tree.add_to_leaves(stored, lids, -1)  # the tree must not count points the store refused
+            for job in (filing, summing):
+                if job is not None:
+                    job.exception()  # wait for it: the tree is not touched while the worker runs
+            # the tree counts exactly what the store took
+            if summing is None:
+                tree.add_to_leaves(stored[:done], lids[:done], +1)
+            elif summing.exception() is None:
+                tree.add_to_leaves(stored[done:], lids[done:], -1)
             raise
-    # rows the caller may still change are copied; under cosine ``stored`` is already our own array
-    shared = isinstance(vectors, np.ndarray) and np.may_share_memory(stored, vectors)
-    router.recent.put(id_arr, stored.copy() if shared else stored)
-    touched = _take_out(tree, old)
+        rows = summing.result()
+    finally:
+        router.recent.put(id_arr[:done], stored[:done])
+        written = set(id_arr[:done].tolist())
+        touched = _take_out(tree, [r for r in old if r.id in written])
     stats = _rebalance(router, np.unique(lids).tolist() + touched)
-    return {"added": len(vecs), "replaced": len(old), **stats}
+    if old or stats["splits"] or stats["merges"]:
+        rows = None  # the tree changed after the rows were made
+    return {"added": n, "replaced": len(old), **stats}, rows
 
 
-class _beside:
-    """``fn(*args)`` in a thread while the ``with`` body runs; leaving the block waits for it and re-raises
-    its error. For ``router.add``: the tree's sums (a nogil kernel, :func:`kernels.add_up_tree`) are added
-    while the engine's upsert builds its points under the GIL, where the two ran one after the other."""
-
-    def __init__(self, fn, *args):
-        self._error = None
-        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
-
-    def _run(self, fn, args):
-        try:
-            fn(*args)
-        except BaseException as e:  # re-raised in the caller's thread by wait()
-            self._error = e
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def wait(self) -> None:
-        self._thread.join()
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-
-    def __exit__(self, *exc) -> None:
-        if exc[0] is None:
-            self.wait()
-        else:
-            self._thread.join()
+def _sum_then_rows(tree, add_sums):
+    """Worker side of :func:`add_points`: the tree's sums, then the snapshot rows of the tree as it now is."""
+    add_sums()
+    return tree.snapshot_rows(one_thread=True)
 
 
 def delete_points(router, ids) -> dict:

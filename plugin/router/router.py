@@ -21,12 +21,13 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from plugin.errors import BadVectorError, EmptyCollectionError, RouterError
 from plugin.router import maintenance
-from plugin.router.kernels import nearest_leaf_batch, probe_many, unit_rows
+from plugin.router.kernels import nearest_leaf_batch, probe_batch, probe_many, unit_rows
 from plugin.router.modes import ModeContext, as_plan, get_mode, route
 from plugin.router.recent import RecentVectors
 from plugin.router.rwlock import RWLock
@@ -69,6 +70,7 @@ class Router:
         self.oversampling = meta.get("oversampling", OVERSAMPLING)
         #: rows of recently added points, read back by splits instead of the store (``RecentVectors(0)``: off)
         self.recent = RecentVectors()
+        self._worker = None  # router.add's worker thread (maintenance.add_points), started at the first add
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -198,13 +200,26 @@ class Router:
         save_state(path, meta, self.tree.to_arrays())
 
     def close(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown()
+            self._worker = None
         if self._owns_store:
             self.store.close()
 
-    def _publish(self) -> None:
-        """After the tree changed (write lock held): drop dead nodes, swap in a new snapshot."""
-        self.tree.compact()
-        self.flat = self.tree.flatten()
+    def worker(self) -> ThreadPoolExecutor:
+        """One thread kept for this router's adds: a new thread per add took 2-3 ms to start and hand back
+        the GIL, a tenth of what the add's own work beside the engine's write is."""
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsearch-add")
+        return self._worker
+
+    def _publish(self, rows=None) -> None:
+        """After the tree changed (write lock held): drop dead nodes, swap in a new snapshot. ``rows``: the
+        snapshot's centroid arrays (:func:`kernels.snapshot_rows`) made from the tree as it is now, when an
+        add computed them beside its last engine write."""
+        if self.tree.compact():
+            rows = None  # renumbered nodes
+        self.flat = self.tree.flatten(rows)
 
     @property
     def leaf_counts(self) -> np.ndarray:
@@ -372,10 +387,12 @@ class Router:
     def add(self, ids, vectors, payloads=None, save: bool = False) -> dict:
         """Route new points to their nearest leaf and upsert them; split/merge leaves that cross bounds."""
         with self._lock.write():
+            rows = None
             try:
-                return maintenance.add_points(self, ids, vectors, payloads)
+                stats, rows = maintenance.add_points(self, ids, vectors, payloads)
+                return stats
             finally:
-                self._publish()
+                self._publish(rows)
                 if save:
                     self.save()
 
@@ -424,12 +441,17 @@ class Router:
         """Leaf id a vector is filed under: the nearest leaf centroid among the leaves a relaxed descent
         (``FILE_S2``) reaches. A refined build files each point under its nearest leaf, not under the
         greedy path's (``refine``), so new points are filed the same way. Lock-free: one snapshot."""
-        q = self.prepare_queries(vecs)
-        f = self.flat
+        return self.file_rows(self.prepare_queries(vecs), self.flat)
+
+    def file_rows(self, q: np.ndarray, flat, one_thread: bool = False) -> np.ndarray:
+        """:meth:`assign` for rows :meth:`prepare_queries` made, on snapshot ``flat``. ``one_thread``: the
+        serial kernels, which release the GIL (``router.add`` files its next part on a worker thread
+        beside the engine's write, leaving it the other core)."""
+        f = flat
         if not self.meta.get("refine"):  # the paper's tree: the leaf of the greedy path, as the build filed
             return nearest_leaf_batch(q, f.centroids, f.child_offsets, f.children, f.leaf_of_node, f.metric)
-        out, _ = probe_many(q, *f.rows(quantized=False), f.child_offsets, f.children, f.leaf_of_node, f.metric, 1,
-                             FILE_S2)
+        args = (q, *f.rows(quantized=False), f.child_offsets, f.children, f.leaf_of_node, f.metric, 1, FILE_S2)
+        out, _ = probe_batch(*args) if one_thread else probe_many(*args)
         return out[:, 0]
 
     def describe(self) -> dict:

@@ -26,6 +26,7 @@ Build choices where the paper is silent:
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -210,13 +211,24 @@ class Tree:
         """Vectorised :meth:`add_vectors` for points of many leaves (``sign=-1``: take them out), each added
         to its leaf and every ancestor by :func:`kernels.add_up_tree`. Leaf ids the tree does not know
         are ignored; returns the known leaves touched, sorted."""
+        add, touched = self.leaf_adder(vecs, lids, sign)
+        add()
+        return touched
+
+    def leaf_adder(self, vecs: np.ndarray, lids: np.ndarray, sign: int = 1) -> tuple:
+        """(``add``, leaves touched): :meth:`add_to_leaves` with every Python step done now and the
+        kernel call left in ``add()``, which needs the GIL only to start (``router.add`` runs it on a
+        worker beside the engine's write, which holds the GIL). The tree must not change in between."""
+        from plugin.router.kernels import add_up_tree
+
         lids = np.asarray(lids, np.int64)
         if len(lids) == 0:
-            return []
-        get = self.leaf_node.get
+            return (lambda: None), []
+        get, n = self.leaf_node.get, self.n_nodes
         nodes = np.fromiter((get(lid, -1) for lid in lids.tolist()), np.int64, count=len(lids))
-        self._add_up(np.asarray(vecs), np.ones(len(lids), np.int64), nodes, sign)
-        return np.unique(lids[nodes >= 0]).tolist()
+        args = (np.ascontiguousarray(vecs), np.ones(len(lids), np.int64), nodes, np.asarray(self.parent, np.int64),
+                self._sums[:n], self._counts[:n], self._centroids[:n], int(sign))
+        return functools.partial(add_up_tree, *args), np.unique(lids[nodes >= 0]).tolist()
 
     def add_leaf_sums(self, lids: np.ndarray, sums: np.ndarray, sizes: np.ndarray, sign: int = 1) -> None:
         """Add per-leaf vector sums and point counts (``sign=-1``: remove them) to the live leaves ``lids``
@@ -322,13 +334,11 @@ class Tree:
     def leaf_centroids(self, lids) -> np.ndarray:
         return self.centroids[[self.leaf_node[int(x)] for x in lids]]
 
-    def flatten(self) -> FlatTree:
-        """A new immutable snapshot (copies: later edits of the tree never show through)."""
+    def flatten(self, rows=None) -> FlatTree:
+        """A new immutable snapshot (copies: later edits of the tree never show through). ``rows``: what
+        :meth:`snapshot_rows` returns for the tree as it is now, when the caller made it already."""
         offsets, kids = self._children_csr()
-        from plugin.router.kernels import snapshot_rows
-
-        cents, sqnorm, codes, scale = snapshot_rows(np.ascontiguousarray(self.centroids, np.float32),
-                                                    self.metric == "cosine")
+        cents, sqnorm, codes, scale = self.snapshot_rows() if rows is None else rows
         leaf_of_node = np.asarray(self.leaf_id, np.int32)
         extra = {"codes": codes, "code_scale": scale, "sqnorm": sqnorm, "ones": np.ones(len(cents), np.float32)}
         arrays = [cents, offsets, kids, leaf_of_node, np.asarray(self.depth, np.int32), self.leaf_counts()]
@@ -338,6 +348,14 @@ class Tree:
         return FlatTree(*arrays, metric=METRICS[self.metric], next_leaf_id=self.next_leaf_id,
                         n_leaves=int((leaf_of_node >= 0).sum()),
                         n_points=int(self._counts[0]) if self.n_nodes else 0, **extra)
+
+    def snapshot_rows(self, one_thread: bool = False) -> tuple:
+        """The snapshot's centroid arrays (:func:`kernels.snapshot_rows`: rows, squared norms, int8 codes,
+        scales). ``one_thread``: the serial kernel, which releases the GIL."""
+        from plugin.router.kernels import snapshot_rows, snapshot_rows_serial
+
+        cents, unit = np.ascontiguousarray(self.centroids, np.float32), self.metric == "cosine"
+        return snapshot_rows_serial(cents, unit) if one_thread else snapshot_rows(cents, unit)
 
     def to_arrays(self) -> dict:
         """The state to save. Sums are not saved: every node holding points has centroid = sums / counts
