@@ -219,30 +219,29 @@ class Tree:
         """(``add``, leaves touched): :meth:`add_to_leaves` with every Python step done now and the
         kernel call left in ``add()``, which needs the GIL only to start (``router.add`` runs it on a
         worker beside the engine's write, which holds the GIL). The tree must not change in between."""
-        from plugin.router.kernels import add_up_tree
-
         lids = np.asarray(lids, np.int64)
         if len(lids) == 0:
             return (lambda: None), []
-        get, n = self.leaf_node.get, self.n_nodes
+        get = self.leaf_node.get
         nodes = np.fromiter((get(lid, -1) for lid in lids.tolist()), np.int64, count=len(lids))
-        args = (np.ascontiguousarray(vecs), np.ones(len(lids), np.int64), nodes, np.asarray(self.parent, np.int64),
-                self._sums[:n], self._counts[:n], self._centroids[:n], int(sign))
-        return functools.partial(add_up_tree, *args), np.unique(lids[nodes >= 0]).tolist()
+        return self._adder(vecs, np.ones(len(lids), np.int64), nodes, sign), np.unique(lids[nodes >= 0]).tolist()
 
     def add_leaf_sums(self, lids: np.ndarray, sums: np.ndarray, sizes: np.ndarray, sign: int = 1) -> None:
         """Add per-leaf vector sums and point counts (``sign=-1``: remove them) to the live leaves ``lids``
         and every ancestor; centroids of the nodes touched follow (:func:`kernels.add_up_tree`)."""
         nodes = np.fromiter((self.leaf_node[lid] for lid in np.asarray(lids).tolist()), np.int64, count=len(lids))
         if len(nodes):
-            self._add_up(np.asarray(sums, np.float64), np.asarray(sizes, np.int64), nodes, sign)
+            self._adder(np.asarray(sums, np.float64), np.asarray(sizes, np.int64), nodes, sign)()
 
-    def _add_up(self, rows, weights, nodes, sign) -> None:
+    def _adder(self, rows, weights, nodes, sign):
+        """The :func:`kernels.add_up_tree` call for these rows, its arguments made now (the tree must not
+        change before it runs)."""
         from plugin.router.kernels import add_up_tree
 
         n = self.n_nodes
-        add_up_tree(np.ascontiguousarray(rows), weights, nodes, np.asarray(self.parent, np.int64), self._sums[:n],
-                    self._counts[:n], self._centroids[:n], int(sign))
+        return functools.partial(add_up_tree, np.ascontiguousarray(rows), weights, nodes,
+                                 np.asarray(self.parent, np.int64), self._sums[:n], self._counts[:n],
+                                 self._centroids[:n], int(sign))
 
     def compact(self) -> bool:
         """Drop nodes no longer reachable from the root (left by merges); node ids are renumbered, leaf
