@@ -789,7 +789,7 @@ def retention_row(records: list[dict], keep: float = 0.997) -> dict | None:
 def _with_save(r: dict) -> str:
     """The ingest speedup with ``router.save()`` counted (records from before it was timed apart had it
     inside ``add_s``)."""
-    if "speedup_with_save_vs_hnsw" not in r:
+    if "save_s" not in r:
         return "in router.add s"
     return f"{r['speedup_with_save_vs_hnsw']:.1f}x ({r['add_save_s']:.2f} s)"
 
@@ -899,7 +899,7 @@ def markdown(records: list[dict]) -> str:
             out += ["", f"Times are the median of {trials[0]['trials']} trials per side, router and HNSW interleaved, "
                     "each from a copy of the same starting collections: " + "; ".join(
                         f"{r['scenario']}: router.add {', '.join(f'{x:.2f}' for x in r['add_s_trials'])} s"
-                        + (f" (state save {', '.join(f'{x:.3f}' for x in r['save_s_trials'])} s)" if "save_s_trials" in r else "")
+                        + (f" (state save {', '.join(f'{x:.3f}' for x in r['save_s_trials'])} s)" if "save_s" in r else "")
                         + f", HNSW {', '.join(f'{x:.2f}' for x in r['hnsw_upsert_optimize_s_trials'])} s"
                         for r in {r['scenario']: r for r in trials}.values()) + "."]
             if "save_s" in trials[0]:
