@@ -166,6 +166,9 @@ def test_bench_hkm_writes_records(capsys, tmp_path, monkeypatch):
     assert {r["mode"] for r in router} == {"intensive", "auto", "relaxed", "probe", "target"}
     assert {r["refine"] for r in router if r["section"] == "refine"} == {0, 4}
     assert {r["layout"] for r in router if r["section"] == "levers"} >= {"plain, float", "routed, int8 x2"}
+    int8_levers = [r for r in router if r["section"] == "levers" and "int8" in r["layout"]]
+    # the oversampling rows are re-timed in interleaved passes, their single pass kept beside
+    assert int8_levers and all(r["passes"] == hkm.RETIME_PASSES and r["sweep_ms_per_query"] > 0 for r in int8_levers)
     assert all(r["n_db"] == 600 and r["n_queries"] == 20 for r in recs)
     assert out_png.stat().st_size > 10_000
 

@@ -316,11 +316,11 @@ def _refine_rows(b: Bench, tree, workdir: Path, dim: int, routers: dict) -> None
 
 def _lever_rows(b: Bench, router, store, k, l) -> None:
     """The same leaves (relaxed s2=0.03 and 0.06) under each engine setting: plain layout floats, then
-    after ``cluster_by`` (principal index + optimize) floats, int8 rescored x2, x3, x1.5 (the default, which the router keeps)."""
+    after ``cluster_by`` (principal index + optimize) floats, int8 rescored x2, x3, x1.5 (the default, which the router keeps), the int8 rows re-timed in interleaved
+    passes."""
     def rows(label, over):
         router.oversampling = over
-        for s2 in (0.03, 0.06):
-            _router_row(b, router, "levers", "relaxed", {"s2": s2}, k=k, l=l, layout=label)
+        return [_router_row(b, router, "levers", "relaxed", {"s2": s2}, k=k, l=l, layout=label) for s2 in (0.03, 0.06)]
 
     rows("plain, float", None)
     t = time.perf_counter()
@@ -330,8 +330,25 @@ def _lever_rows(b: Bench, router, store, k, l) -> None:
     rows("routed, float", None)
     from plugin.router.router import OVERSAMPLING
 
-    for over in (2.0, 3.0, OVERSAMPLING):  # the default (1.5) last: the router keeps it
-        rows(f"routed, int8 x{over:g}", over)
+    overs = (2.0, 3.0, OVERSAMPLING)  # the default (1.5) last: the router keeps it
+    int8 = {over: rows(f"routed, int8 x{over:g}", over) for over in overs}
+    # The oversampling factors differ by a few percent of a query, less than a single pass's noise here (one
+    # run's single passes had x1.5 at 1.118 ms and x2 at 0.540 on the same leaves): their rows are re-timed
+    # like the summary's candidates, every factor one pass per round, best pass counted.
+    best = {id(rec): float("inf") for recs in int8.values() for rec in recs}
+    for _ in range(RETIME_PASSES):
+        for over in overs:
+            router.oversampling = over
+            for rec in int8[over]:
+                fn = lambda q, s2=rec["s2"]: router.search(q, k=10, mode="relaxed", s2=s2, with_payload=False)
+                best[id(rec)] = min(best[id(rec)], _timed_pass(fn, b.qv)[1])
+    router.oversampling = OVERSAMPLING
+    for recs in int8.values():
+        for rec in recs:
+            rec.update(sweep_ms_per_query=rec["ms_per_query"], ms_per_query=best[id(rec)], passes=RETIME_PASSES,
+                       speedup=rec["exact_ms_per_query"] / best[id(rec)])
+            b.log(f"levers retime int8 x{rec['oversampling']:g} s2={rec['s2']:g}: {best[id(rec)]:.3f} ms "
+                  f"(best of {RETIME_PASSES}; single pass {rec['sweep_ms_per_query']:.3f})")
 
 
 def _faiss_rows(b: Bench) -> None:
@@ -853,6 +870,11 @@ def markdown(records: list[dict]) -> str:
                 "| method | mode | k | l | s2 | R@1 | retention | R@10 | operands | ms/query | route % | speedup |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         out += [_search_line(r, f) for r in lev]
+        again = [r for r in lev if r.get("passes")]
+        if again:
+            out += ["", f"The int8 rows' times are the best of {again[0]['passes']} interleaved passes (every factor one "
+                    "pass per round); their single passes were " + ", ".join(
+                        f"x{r['oversampling']:g} s2={r['s2']:g} {r['sweep_ms_per_query']:.3f} ms" for r in again) + "."]
     ref = [r for r in records if r.get("section") == "refine"]
     if ref:
         out += ["", "#### Leaf refinement: the first tree built as the paper does (refine 0) and with flat Lloyd "
