@@ -135,6 +135,16 @@ BATCH_PASSES = 3
 RETIME_CANDIDATES, RETIME_PASSES = 3, 3
 
 
+def _best_of_passes(fns: dict, queries) -> dict:
+    """Per key, the best mean ms per query of ``RETIME_PASSES`` passes of ``fns[key]`` over ``queries``,
+    interleaved: every function one pass per round."""
+    best = {key: float("inf") for key in fns}
+    for _ in range(RETIME_PASSES):
+        for key, fn in fns.items():
+            best[key] = min(best[key], _timed_pass(fn, queries)[1])
+    return best
+
+
 def _timed_batches(fn, queries, batch: int, passes: int = BATCH_PASSES) -> tuple[list, float]:
     """All queries through ``fn(batch of queries) -> list of id lists``, ``passes`` times after a
     warm-up; returns (ids of the last pass, queries/s of the best pass)."""
@@ -316,8 +326,8 @@ def _refine_rows(b: Bench, tree, workdir: Path, dim: int, routers: dict) -> None
 
 def _lever_rows(b: Bench, router, store, k, l) -> None:
     """The same leaves (relaxed s2=0.03 and 0.06) under each engine setting: plain layout floats, then
-    after ``cluster_by`` (principal index + optimize) floats, int8 rescored x2, x3, x1.5 (the default, which the router keeps), the int8 rows re-timed in interleaved
-    passes."""
+    after ``cluster_by`` (principal index + optimize) floats, int8 rescored x2, x3 and the default
+    (which the router keeps), the int8 rows re-timed in interleaved passes."""
     def rows(label, over):
         router.oversampling = over
         return [_router_row(b, router, "levers", "relaxed", {"s2": s2}, k=k, l=l, layout=label) for s2 in (0.03, 0.06)]
@@ -330,25 +340,25 @@ def _lever_rows(b: Bench, router, store, k, l) -> None:
     rows("routed, float", None)
     from plugin.router.router import OVERSAMPLING
 
-    overs = (2.0, 3.0, OVERSAMPLING)  # the default (1.5) last: the router keeps it
-    int8 = {over: rows(f"routed, int8 x{over:g}", over) for over in overs}
+    int8 = [rec for over in (2.0, 3.0, OVERSAMPLING)  # the default last: the router keeps it
+            for rec in rows(f"routed, int8 x{over:g}", over)]
     # The oversampling factors differ by a few percent of a query, less than a single pass's noise here (one
     # run's single passes had x1.5 at 1.118 ms and x2 at 0.540 on the same leaves): their rows are re-timed
-    # like the summary's candidates, every factor one pass per round, best pass counted.
-    best = {id(rec): float("inf") for recs in int8.values() for rec in recs}
-    for _ in range(RETIME_PASSES):
-        for over in overs:
+    # like the summary's candidates, every row one pass per round, best pass counted.
+
+    def search(over, s2):
+        def fn(q):
             router.oversampling = over
-            for rec in int8[over]:
-                fn = lambda q, s2=rec["s2"]: router.search(q, k=10, mode="relaxed", s2=s2, with_payload=False)
-                best[id(rec)] = min(best[id(rec)], _timed_pass(fn, b.qv)[1])
+            return router.search(q, k=10, mode="relaxed", s2=s2, with_payload=False)
+        return fn
+
+    best = _best_of_passes({id(rec): search(rec["oversampling"], rec["s2"]) for rec in int8}, b.qv)
     router.oversampling = OVERSAMPLING
-    for recs in int8.values():
-        for rec in recs:
-            rec.update(sweep_ms_per_query=rec["ms_per_query"], ms_per_query=best[id(rec)], passes=RETIME_PASSES,
-                       speedup=rec["exact_ms_per_query"] / best[id(rec)])
-            b.log(f"levers retime int8 x{rec['oversampling']:g} s2={rec['s2']:g}: {best[id(rec)]:.3f} ms "
-                  f"(best of {RETIME_PASSES}; single pass {rec['sweep_ms_per_query']:.3f})")
+    for rec in int8:
+        rec.update(sweep_ms_per_query=rec["ms_per_query"], ms_per_query=best[id(rec)], passes=RETIME_PASSES,
+                   speedup=rec["exact_ms_per_query"] / best[id(rec)])
+        b.log(f"levers retime int8 x{rec['oversampling']:g} s2={rec['s2']:g}: {best[id(rec)]:.3f} ms "
+              f"(best of {RETIME_PASSES}; single pass {rec['sweep_ms_per_query']:.3f})")
 
 
 def _faiss_rows(b: Bench) -> None:
@@ -551,10 +561,7 @@ def _retime_rows(b: Bench, routers: dict) -> None:
     if not cands:
         return
     faiss.omp_set_num_threads(1)  # one query at a time, one core, as in the sweep
-    best = {key: float("inf") for key in cands}
-    for _ in range(RETIME_PASSES):
-        for key, (rec, fn) in cands.items():
-            best[key] = min(best[key], _timed_pass(fn, b.qv)[1])  # a time only: the record's results stand
+    best = _best_of_passes({key: fn for key, (_, fn) in cands.items()}, b.qv)  # times only: the results stand
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     for want, rec in picks:
         out = {**rec, "section": "retime", "target": want, "ms_per_query": best[id(rec)],
