@@ -187,3 +187,29 @@ def test_local_only_bypasses_the_replicas_and_keeps_them(routed):
     assert s.read_replicas == 1 and s._replicas.stats == before
     s.search_leaves(vecs[:40], 5, _leaves(40))
     assert s._replicas.stats["replica_chunks"] > before["replica_chunks"] and s._replicas.stats["refreshes"] == 1
+
+
+@pytest.mark.parametrize("mode, params, kernel", [("probe", {"nprobe": 3, "s2": 0.05}, "probe_batch_parallel"),
+                                                  ("relaxed", {"s2": 0.05}, "route_batch_parallel")])
+def test_batches_scored_on_replicas_are_routed_on_one_thread(routed, monkeypatch, mode, params, kernel):
+    """The parallel routing kernels' OpenMP threads spin after a launch and took the replica's core
+    (plugin.router.kernels._on_every_core): a batch the replicas share is routed by the serial kernel."""
+    import numba
+
+    from plugin.router import Router, kernels
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("numba runs one thread here: every kernel is the serial one")
+    s, vecs = routed
+    router = Router.build(s, k=4, l=2, save=False)
+    launches = []
+    parallel = getattr(kernels, kernel)
+    monkeypatch.setattr(kernels, kernel, lambda *a: launches.append(len(a[0])) or parallel(*a))
+    monkeypatch.setattr(kernels, "PARALLEL_MIN", 8)
+    want = router.search_batch(vecs[:32], k=10, mode=mode, **params)
+    assert launches == [32]  # no replicas: every core routes
+    s.set_read_replicas(1)
+    got = router.search_batch(vecs[:32], k=10, mode=mode, **params)
+    assert launches == [32] and s._replicas.stats["replica_chunks"] >= 1
+    assert _hits(got) == _hits(want)
+    assert router.search_batch(vecs[:4], k=10, mode=mode, **params) and launches == [32]  # small: one thread anyway

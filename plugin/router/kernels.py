@@ -176,18 +176,25 @@ def route_batch_parallel(Q, centroids, child_offsets, children, leaf_of_node, me
     return out, counts
 
 
-def _on_every_core(serial, parallel, Q, args):
+def _on_every_core(serial, parallel, Q, args, one_thread: bool = False):
     """``parallel(Q, *args)`` for a batch of at least :data:`PARALLEL_MIN` queries on more than one
-    thread (one launch at a time), ``serial(Q, *args)`` otherwise."""
-    if len(Q) < PARALLEL_MIN or numba.get_num_threads() < 2:
+    thread (one launch at a time), ``serial(Q, *args)`` otherwise or when ``one_thread``.
+
+    ``one_thread``: the other cores are taken, by read replicas scoring this batch. After a parallel
+    kernel returns, its OpenMP threads spin waiting for the next one (libgomp's default wait policy),
+    and that spin took a replica's core: on 60k Fashion-MNIST, batches of 100 through one replica ran
+    at the speed of this process alone (median 3394 against 3480 q/s), and at 1.25x it (4972 against
+    3985) with routing on one thread, which costs about 10 us a query more than on two."""
+    if one_thread or len(Q) < PARALLEL_MIN or numba.get_num_threads() < 2:
         return serial(Q, *args)
     with _PARALLEL_LOCK:
         return parallel(Q, *args)
 
 
-def route_many(Q, *args):
-    """:func:`route_batch`, on every core for a batch of at least :data:`PARALLEL_MIN` queries."""
-    return _on_every_core(route_batch, route_batch_parallel, Q, args)
+def route_many(Q, *args, one_thread: bool = False):
+    """:func:`route_batch`, on every core for a batch of at least :data:`PARALLEL_MIN` queries unless
+    ``one_thread`` (:func:`_on_every_core`)."""
+    return _on_every_core(route_batch, route_batch_parallel, Q, args, one_thread)
 
 
 @numba.njit(cache=True, fastmath=True)
@@ -470,7 +477,7 @@ def probe_batch_parallel(Q, rows, scale, sqnorm, child_offsets, children, leaf_o
     return out, counts
 
 
-def probe_many(Q, *args):
-    """:func:`probe_batch`, on every core for a batch of at least :data:`PARALLEL_MIN` queries: with read
-    replicas scoring a batch on every core, routing it on one was its serial part."""
-    return _on_every_core(probe_batch, probe_batch_parallel, Q, args)
+def probe_many(Q, *args, one_thread: bool = False):
+    """:func:`probe_batch`, on every core for a batch of at least :data:`PARALLEL_MIN` queries unless
+    ``one_thread``, when read replicas hold the other cores (:func:`_on_every_core`)."""
+    return _on_every_core(probe_batch, probe_batch_parallel, Q, args, one_thread)

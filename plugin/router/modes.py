@@ -36,6 +36,9 @@ class ModeContext:
     router: object
     probs: np.ndarray | None = None
     classes: tuple | None = None
+    #: route on this thread alone: the store scores the batch on the other cores too (read replicas,
+    #: ``store.scores_on_replicas``), where a parallel kernel's threads would take one of them
+    one_thread: bool = False
 
 
 @dataclass
@@ -130,7 +133,8 @@ def get_mode(name: str) -> Mode:
 def _tree_route(ctx, Q, mode, s1=-math.inf, s2=0.0):
     flat = ctx.flat
     out, counts = kernels.route_many(Q, flat.centroids, flat.child_offsets, flat.children, flat.leaf_of_node,
-                                      flat.metric, mode, float(s1), float(s2), max(flat.n_leaves, 1))
+                                      flat.metric, mode, float(s1), float(s2), max(flat.n_leaves, 1),
+                                      one_thread=ctx.one_thread)
     return [out[b, :counts[b]] for b in range(len(Q))]
 
 
@@ -196,7 +200,8 @@ def probe(ctx, Q, nprobe=PROBE_NPROBE, s2=PROBE_S2):
         raise RouterError(f"probe search: s2 must be a finite number >= 0, got {s2}")
     flat = ctx.flat
     out, counts = kernels.probe_many(Q, *flat.rows(quantized=True), flat.child_offsets, flat.children,
-                                      flat.leaf_of_node, flat.metric, int(nprobe), float(s2))
+                                      flat.leaf_of_node, flat.metric, int(nprobe), float(s2),
+                                      one_thread=ctx.one_thread)
     return [out[b, :counts[b]] for b in range(len(Q))]
 
 

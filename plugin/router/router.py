@@ -293,7 +293,8 @@ class Router:
             if n == 0 and self.store.count() == 0:
                 raise EmptyCollectionError(f"collection '{self.store.name}' is empty")
             t0 = time.perf_counter()
-            ctx = ModeContext(flat, self.store, self, probs, None if classes is None else tuple(classes))
+            ctx = ModeContext(flat, self.store, self, probs, None if classes is None else tuple(classes),
+                              one_thread=self.store.scores_on_replicas(len(Q)))
             routed = m.fn(ctx, Q, **used)
             t1 = time.perf_counter()
             if restrict is None and isinstance(routed, list):

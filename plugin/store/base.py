@@ -251,6 +251,12 @@ class Store(abc.ABC):
             raise EmptyCollectionError(f"collection '{self.name}' is empty: ingest images first")
         return out
 
+    def scores_on_replicas(self, n_queries: int) -> bool:
+        """Whether a batch of ``n_queries`` is scored partly by read replicas in other processes, which then
+        hold the other cores (the embedded engine's :mod:`plugin.store.replicas`); the router routes such
+        a batch on one thread. False here: a server scores on its own machine."""
+        return False
+
     def _search_leaves(self, vectors: np.ndarray, k: int, leaves, with_payload: bool,
                        oversampling: float | None) -> list[list[Hit]]:
         """Through :meth:`_search_batch` and our filter; a backend may build its leaf condition directly."""

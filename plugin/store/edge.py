@@ -356,12 +356,12 @@ class EdgeStore(Store):
             self.writes += 1
             self._shard.update(qe.UpdateOperation.set_payload([int(i) for i in ids], payload))
 
-    def _shares_with_replicas(self, vectors) -> bool:
-        """Whether this batch is cut into chunks shared with the read replicas."""
-        return self._replicas is not None and len(vectors) >= replicas.MIN_BATCH
+    def scores_on_replicas(self, n_queries: int) -> bool:
+        """Whether a batch of ``n_queries`` is cut into chunks shared with the read replicas."""
+        return self._replicas is not None and n_queries >= replicas.MIN_BATCH
 
     def _search_batch(self, vectors, k, filters, exact, hnsw_ef, with_payload, oversampling=None):
-        if self._shares_with_replicas(vectors):
+        if self.scores_on_replicas(len(vectors)):
             return self._replicas.search("batch", vectors, k, list(filters), (exact, hnsw_ef, oversampling),
                                          with_payload)
         out = self._batch_here(vectors, k, filters, exact, hnsw_ef, oversampling)
@@ -375,7 +375,7 @@ class EdgeStore(Store):
         return self._query(vectors, k, [_edge_filter(_qe(), f) for f in filters], params)
 
     def _search_leaves(self, vectors, k, leaves, with_payload, oversampling):
-        if self._shares_with_replicas(vectors):
+        if self.scores_on_replicas(len(vectors)):
             return self._replicas.search("leaves", vectors, k, list(leaves), (oversampling,), with_payload)
         out = self._leaves_here(vectors, k, leaves, oversampling)
         return self.attach_payloads(out) if with_payload else out
