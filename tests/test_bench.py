@@ -123,3 +123,16 @@ def test_committed_anatomy_is_its_records_and_the_makefile_arguments():
     assert {r["recall_target"] for r in recs} == {float(argv[argv.index("--recall") + 1])}
     assert {r["method"] for r in recs if "whole" in r["layer"]} == {"router", "hnsw", "faiss"}
     assert all(r["recall_at_10"] >= r["recall_target"] for r in recs)
+
+
+def test_interleaved_passes_start_each_round_one_function_later(monkeypatch):
+    from plugin.bench import hkm
+
+    seen = []
+    times = {"a": [3.0, 1.0, 2.0], "b": [2.0, 2.5, 0.5], "c": [1.5, 1.5, 1.5]}
+    monkeypatch.setattr(hkm, "RETIME_PASSES", 3)
+    monkeypatch.setattr(hkm, "_timed_pass", lambda fn, queries: (None, fn()))
+    fns = {key: (lambda key=key: seen.append(key) or times[key][sum(k == key for k in seen) - 1]) for key in times}
+    best = hkm._best_of_passes(fns, queries=None)
+    assert seen == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert best == {"a": 1.0, "b": 0.5, "c": 1.5}

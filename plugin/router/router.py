@@ -44,12 +44,12 @@ FACET_LIMIT = 1_000_000
 #: Routed probes score the int8 copy and rescore ``OVERSAMPLING * k`` candidates with floats, where the
 #: store is in the routed layout (``Store.cluster_by``); recall and cost against float scoring of the
 #: same leaves are in docs/results/hkm-fashion-mnist.md (the levers rows, int8 x1.5 / x2 / x3).
-#: ``router.oversampling = None`` scores floats. 1.5 rather than 2 costs at most 0.0004 of recall@10 in
-#: the levers rows; whether it is faster is not settled: a scratch A/B of 1000 prebuilt engine queries
-#: (probe nprobe=28 s2=0.05) took 137 us at x1.5 against 144 at x2, but at nprobe=72 s2=0.07 309 against
-#: 291, and the committed levers rows, re-timed in interleaved passes, have x1.5 at 0.308 / 0.764 ms
-#: against x2 at 0.283 / 0.700 (relaxed s2 0.03 / 0.06). The committed results were made with 1.5.
-OVERSAMPLING = 1.5
+#: ``router.oversampling = None`` scores floats. The factor's speed effect is below this VM's spread: in
+#: an order-rotated scratch A/B (60k Fashion-MNIST, 1000 queries, 9 rounds) the medians were 0.295 /
+#: 0.251 / 0.303 ms at x1.5 / x2 / x3 (16x3 probe nprobe=32 s2=0.05) and 0.698 / 0.700 / 0.687 (32x3
+#: nprobe=48 s2=0.07), each factor's rounds spanning 30% or more; x1.5 lost up to 0.0004 of recall@10
+#: there and in the levers rows, x3 gained nothing over x2. So 2, the recall of x3 at no measured cost.
+OVERSAMPLING = 2.0
 #: Flat Lloyd iterations over the leaves after a build (``Router.build(refine=)``); what they buy is in
 #: the ``refine`` rows of docs/results/hkm-fashion-mnist.md.
 REFINE_ITERS = 4
