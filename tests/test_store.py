@@ -531,3 +531,18 @@ def test_atomic_write_bytes_replaces_and_cleans_up_on_failure(tmp_path, monkeypa
     with pytest.raises(OSError, match="disk full"):
         fsutil.atomic_write_bytes(target, b"three")
     assert target.read_bytes() == b"two" and sorted(p.name for p in tmp_path.iterdir()) == ["state.bin"]
+
+
+def test_embedded_store_keeps_vectors_bit_for_bit_through_upsert_and_relayout(tmp_path):
+    """The engine's points are built from memoryviews of float32 rows (plugin.store.edge._point): what
+    comes back is exactly what went in, also after cluster_by rewrites every point."""
+    from plugin.store.edge import EdgeStore
+
+    V = np.random.default_rng(1).standard_normal((40, 64))  # float64 in: stored as float32
+    s = EdgeStore(tmp_path / "c", dim=64, distance="dot")
+    s.upsert(np.arange(40), V, [{"leaf": i % 3} for i in range(40)])
+    want = V.astype(np.float32)
+    assert np.array_equal(np.array([r.vector for r in s.retrieve(range(40), with_vectors=True)], np.float32), want)
+    s.cluster_by("leaf")
+    assert np.array_equal(np.array([r.vector for r in s.retrieve(range(40), with_vectors=True)], np.float32), want)
+    s.close()

@@ -14,7 +14,6 @@ second opener gets :class:`StoreLockedError` instead of the engine's ``WouldBloc
 """
 from __future__ import annotations
 
-import array
 import contextlib
 import json
 import logging
@@ -58,6 +57,16 @@ def _qe():
 
 def _distance(qe, name: str):
     return {"cosine": qe.Distance.Cosine, "dot": qe.Distance.Dot, "euclid": qe.Distance.Euclid}[name]
+
+
+def _point(qe, id_, row: np.ndarray, payload: dict):
+    """The engine's point for one float32 row. The binding reads the vector one element at a time, and
+    a memoryview of the row is the cheapest thing to read: 16.9 us per 1280-d point against 22.2 from an
+    ``array('f')``, 23.4 from a list and 52.6 from the NumPy row (2000 points, measured); at 10% growth
+    of 60k Fashion-MNIST, building the points was 0.11 s of router.add's 0.35 s with ``array('f')``."""
+    if row.dtype != np.float32 or not row.flags.c_contiguous:
+        row = np.ascontiguousarray(row, np.float32)
+    return qe.Point(int(id_), memoryview(row), payload)
 
 
 def _edge_filter(qe, f: Filter | None):
@@ -271,8 +280,7 @@ class EdgeStore(Store):
                 new.update(qe.UpdateOperation.create_field_index(name, dtype))
             for s in range(0, len(order), batch_size):
                 chunk = order[s:s + batch_size]
-                new.update(qe.UpdateOperation.upsert_points([
-                    qe.Point(int(ids[i]), array.array("f", vecs[i].tobytes()), payloads[i]) for i in chunk]))
+                new.update(qe.UpdateOperation.upsert_points([_point(qe, ids[i], vecs[i], payloads[i]) for i in chunk]))
             new.optimize()
             new.flush()
         finally:
@@ -338,9 +346,7 @@ class EdgeStore(Store):
     # ---- primitives ---------------------------------------------------------------------------
     def _upsert(self, ids, vectors, payloads):
         qe = _qe()
-        # ``array('f')`` rows: the binding reads a numpy row element by element (56 us per 1280-d point,
-        # measured), a list of floats in 26 us, an array('f') in 18 us.
-        pts = [qe.Point(int(i), array.array("f", v.tobytes()), p) for i, v, p in zip(ids, vectors, payloads)]
+        pts = [_point(qe, i, v, p) for i, v, p in zip(ids, vectors, payloads)]
         self.writes += 1
         self._shard.update(qe.UpdateOperation.upsert_points(pts))
 
