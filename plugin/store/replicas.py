@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 #: batches smaller than this are scored by the calling process alone: each chunk handed to a replica
 #: costs a message, a round trip and its hits sent back as pairs (the batch-100 rows of
-#: docs/results/hkm-fashion-mnist.md gain 1.29x from one replica, the batch-1000 rows 1.42x)
+#: docs/results/hkm-fashion-mnist.md: the router gains 1.19x and 1.27x from one replica)
 MIN_BATCH = 64
 MIN_CHUNK = 16
 REPLICAS_DIR = "replicas"
