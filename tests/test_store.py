@@ -534,7 +534,7 @@ def test_atomic_write_bytes_replaces_and_cleans_up_on_failure(tmp_path, monkeypa
 
 
 def test_embedded_store_keeps_vectors_bit_for_bit_through_upsert_and_relayout(tmp_path):
-    """The engine's points are built from memoryviews of float32 rows (plugin.store.edge._point): what
+    """The engine's points are built from memoryviews of float32 rows (plugin.store.edge._points): what
     comes back is exactly what went in, also after cluster_by rewrites every point."""
     from plugin.store.edge import EdgeStore
 

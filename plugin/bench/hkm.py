@@ -8,7 +8,7 @@ Sections (each a kind of JSON record, a table in the markdown):
   nlist x nprobe grid, faiss flat, and the engine's own HNSW over an m x ef grid (its build time beside
   it). Recall@1 (the top hit shares the query's label, the hkm paper's measure), its retention vs exact,
   recall@10 against exact top-10, operands (points scored).
-* **levers**: the same routed leaves scored four ways, to show what each engine setting buys: the
+* **levers**: the same routed leaves scored five ways, to show what each engine setting buys: the
   plain layout with float scoring, the routed layout (principal index + ``optimize()``) with floats,
   and with the int8 copy rescored at three oversampling factors (the default last).
 * **refine**: the first tree built as the paper does (``refine=0``) and with flat Lloyd iterations over
