@@ -64,6 +64,19 @@ def test_chunks_are_shared_between_this_process_and_a_replica_in_order(routed):
     assert bounds[0][0] == 0 and bounds[-1][1] == len(q) and all(b[1] == c[0] for b, c in zip(bounds, bounds[1:]))
 
 
+def test_chunks_shrink_where_the_replicas_and_this_process_meet():
+    for n, replicas in [(1000, 1), (1000, 3), (100, 1), (333, 2)]:
+        bounds = rep._chunks(n, replicas)
+        sizes = [b - a for a, b in bounds]
+        assert bounds[0][0] == 0 and bounds[-1][1] == n and all(b[1] == c[0] for b, c in zip(bounds, bounds[1:]))
+        assert max(sizes) <= rep.MAX_CHUNK and sum(s < rep.MIN_CHUNK for s in sizes) <= 1  # one remainder
+        # the replicas take from the front, this process from the back: chunks shrink to where they meet
+        i = sizes.index(min(sizes))
+        assert sizes[:i + 1] == sorted(sizes[:i + 1], reverse=True) and sizes[i:] == sorted(sizes[i:])
+        if n >= 1000:
+            assert sizes[0] == sizes[-1] == rep.MAX_CHUNK and min(sizes) <= rep.MIN_CHUNK
+
+
 def test_small_batches_stay_in_this_process(routed):
     s, vecs = routed
     s.set_read_replicas(1)

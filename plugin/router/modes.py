@@ -76,6 +76,9 @@ class Mode:
     fn: Callable
     defaults: dict = field(default_factory=dict)
     doc: str = ""
+    #: routes each query from its own vector alone and reads neither ``ctx.probs`` nor other rows, so a
+    #: batch may be routed in parts (:mod:`plugin.router.parts`), row for row the same answer
+    rowwise: bool = False
 
     def resolve(self, params: dict) -> dict:
         """The full parameter set for a call (defaults filled in), or a :class:`RouterError`."""
@@ -113,11 +116,12 @@ def available_modes() -> list[str]:
 RELAXED_S2 = 0.04
 
 
-def register_mode(name: str, **defaults):
-    """Register ``fn(ctx, Q, **params)`` as search mode ``name`` taking exactly ``defaults``' keys."""
+def register_mode(name: str, *, rowwise: bool = False, **defaults):
+    """Register ``fn(ctx, Q, **params)`` as search mode ``name`` taking exactly ``defaults``' keys.
+    ``rowwise``: see :attr:`Mode.rowwise` (a mode cannot take a parameter of that name)."""
 
     def deco(fn):
-        MODES[name] = Mode(name, fn, defaults, (fn.__doc__ or "").strip().split("\n")[0])
+        MODES[name] = Mode(name, fn, defaults, (fn.__doc__ or "").strip().split("\n")[0], rowwise)
         return fn
 
     return deco
@@ -144,13 +148,13 @@ def exact(ctx, Q):
     return None
 
 
-@register_mode("intensive")
+@register_mode("intensive", rowwise=True)
 def intensive(ctx, Q):
     """One path down the tree, one leaf (paper §3.2.1): the cheapest and least accurate."""
     return _tree_route(ctx, Q, kernels.INTENSIVE)
 
 
-@register_mode("relaxed", s1=None, s2=RELAXED_S2)
+@register_mode("relaxed", rowwise=True, s1=None, s2=RELAXED_S2)
 def relaxed(ctx, Q, s1=None, s2=RELAXED_S2):
     """Keep every node within ``s2`` of the level's best (eq. 3), or within ``s1`` absolutely (eq. 2).
 
@@ -167,7 +171,7 @@ def relaxed(ctx, Q, s1=None, s2=RELAXED_S2):
     return _tree_route(ctx, Q, kernels.RELAXED, -math.inf if s1 is None else s1, s2)
 
 
-@register_mode("auto")
+@register_mode("auto", rowwise=True)
 def auto(ctx, Q):
     """Per level, keep the nodes before the largest distance gap (eqs. 6-8): no parameter to tune."""
     return _tree_route(ctx, Q, kernels.AUTO)
@@ -178,7 +182,7 @@ def auto(ctx, Q):
 PROBE_NPROBE, PROBE_S2 = 32, 0.05
 
 
-@register_mode("probe", nprobe=PROBE_NPROBE, s2=PROBE_S2)
+@register_mode("probe", rowwise=True, nprobe=PROBE_NPROBE, s2=PROBE_S2)
 def probe(ctx, Q, nprobe=PROBE_NPROBE, s2=PROBE_S2):
     """Descend like relaxed search on internal nodes (within ``s2`` of each level's best), then score the
     ``nprobe`` nearest leaves met on the way.

@@ -29,6 +29,7 @@ from plugin.errors import BadVectorError, EmptyCollectionError, RouterError
 from plugin.router import maintenance
 from plugin.router.kernels import nearest_leaf_batch, probe_batch, probe_many, unit_rows
 from plugin.router.modes import ModeContext, as_plan, get_mode, route
+from plugin.router.parts import RoutedParts
 from plugin.router.recent import RecentVectors
 from plugin.router.rwlock import RWLock
 from plugin.router.state import commit_staged, load_committed, save_state, staged_path, state_path
@@ -293,8 +294,12 @@ class Router:
             if n == 0 and self.store.count() == 0:
                 raise EmptyCollectionError(f"collection '{self.store.name}' is empty")
             t0 = time.perf_counter()
+            shared = self.store.scores_on_replicas(len(Q))
             ctx = ModeContext(flat, self.store, self, probs, None if classes is None else tuple(classes),
-                              one_thread=self.store.scores_on_replicas(len(Q)))
+                              one_thread=shared)
+            if shared and m.rowwise and restrict is None and probs is None:
+                # scored in chunks shared with read replicas: each chunk is routed when the store takes it
+                return self._search_in_parts(m, ctx, Q, k, used, with_payload, t0)
             routed = m.fn(ctx, Q, **used)
             t1 = time.perf_counter()
             if restrict is None and isinstance(routed, list):
@@ -346,6 +351,19 @@ class Router:
                                                  n_leaves=flat.n_leaves if everything else None,
                                                  info=plan.info[b] if plan.info else None)))
         return out
+
+    def _search_in_parts(self, m, ctx, Q, k: int, used: dict, with_payload: bool, t0: float) -> list:
+        """A tree mode's batch routed a part at a time as the store's chunks take it
+        (:mod:`plugin.router.parts`); the same hits and stats as routing it whole."""
+        flat = ctx.flat
+        parts = RoutedParts(lambda a, b: m.fn(ctx, Q[a:b], **used), len(Q), flat.leaf_sizes, UNFILED)
+        hits = self.store.search_leaves(Q, k, parts, oversampling=self.oversampling, with_payload=with_payload)
+        parts.fill()  # every row, should a store have left one unsliced
+        t2 = time.perf_counter()
+        timing = _timing(t0, t0 + parts.seconds, t2, len(Q))
+        n = flat.n_points
+        return [SearchResult(h, _stats(m.name, used, None, ops, n, lids, False, timing))
+                for h, lids, ops in zip(hits, parts.ids, parts.operands)]
 
     def _run_probes(self, Q, probes, k: int, restrict, with_payload: bool = True) -> tuple[list, list[bool]]:
         """Score every probe (one store batch per distinct k and kind: routed probes score the int8 copy

@@ -382,7 +382,7 @@ class EdgeStore(Store):
 
     def _search_leaves(self, vectors, k, leaves, with_payload, oversampling):
         if self.scores_on_replicas(len(vectors)):
-            return self._replicas.search("leaves", vectors, k, list(leaves), (oversampling,), with_payload)
+            return self._replicas.search("leaves", vectors, k, leaves, (oversampling,), with_payload)
         out = self._leaves_here(vectors, k, leaves, oversampling)
         return self.attach_payloads(out) if with_payload else out
 
