@@ -45,8 +45,10 @@ def test_replicas_give_the_primary_results(routed):
     assert [[h.id for h in r] for r in no_payload] == [[h.id for h in r] for r in want_leaves]
     assert all(h.payload == {} for r in no_payload for h in r)
     st = s._replicas.stats
-    # 40 queries are three chunks of at most 16: the two replicas took all of each batch, from one copy
-    assert st == {"refreshes": 1, "fallbacks": 0, "replica_chunks": 9}
+    # 40 queries are five chunks of 8: each replica takes two ahead, this process the last, in each of
+    # the three batches, all from one copy
+    assert [b - a for a, b in rep._chunks(40, 2)] == [8] * 5
+    assert st == {"refreshes": 1, "fallbacks": 0, "replica_chunks": 12}
     assert len(list((s.path / REPLICAS_DIR).iterdir())) == 2
 
 
@@ -75,6 +77,15 @@ def test_chunks_shrink_where_the_replicas_and_this_process_meet():
         assert sizes[:i + 1] == sorted(sizes[:i + 1], reverse=True) and sizes[i:] == sorted(sizes[i:])
         if n >= 1000:
             assert sizes[0] == sizes[-1] == rep.MAX_CHUNK and min(sizes) <= rep.MIN_CHUNK
+
+
+def test_the_last_chunk_is_scored_here_rather_than_queued_behind_a_replica_chunk(routed):
+    s, vecs = routed
+    assert [b - a for a, b in rep._chunks(16, 1)] == [8, 8]
+    want = s.search_leaves(vecs[:16], 10, _leaves(16))
+    s.set_read_replicas(1)
+    assert _hits(s.search_leaves(vecs[:16], 10, _leaves(16))) == _hits(want)
+    assert s._replicas.stats["replica_chunks"] == 1  # the replica the front chunk, this process the other
 
 
 def test_small_batches_stay_in_this_process(routed):
