@@ -88,6 +88,28 @@ def test_the_last_chunk_is_scored_here_rather_than_queued_behind_a_replica_chunk
     assert s._replicas.stats["replica_chunks"] == 1  # the replica the front chunk, this process the other
 
 
+def test_a_replica_is_given_as_many_queued_queries_as_this_process_takes_next(routed, monkeypatch):
+    """While this process scores its chunk of 40 it cannot feed the replica: the replica gets a third
+    chunk, since 8 queries queued behind the one it scores would run out first."""
+    s, vecs = routed
+    q = np.concatenate([vecs, vecs])[:64]
+    want = s.search_leaves(q, 10, _leaves(64))
+    monkeypatch.setattr(rep, "_chunks", lambda n, replicas: [(0, 8), (8, 16), (16, 24), (24, 64)])
+
+    class Taken(list):  # records the order in which chunks' leaves are taken (to send, or to score here)
+        order: list = []
+
+        def __getitem__(self, i):
+            if isinstance(i, slice):
+                Taken.order.append((i.start, i.stop))
+            return super().__getitem__(i)
+
+    s.set_read_replicas(1)
+    assert _hits(s.search_leaves(q, 10, Taken(_leaves(64)))) == _hits(want)
+    assert Taken.order == [(0, 8), (8, 16), (16, 24), (24, 64)]  # the third sent before scoring here
+    assert s._replicas.stats["replica_chunks"] == 3
+
+
 def test_small_batches_stay_in_this_process(routed):
     s, vecs = routed
     s.set_read_replicas(1)
