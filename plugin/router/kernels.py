@@ -185,8 +185,8 @@ def _on_every_core(serial, parallel, Q, args, one_thread: bool = False):
     and that spin took a replica's core: on 60k Fashion-MNIST, batches of 100 through one replica ran
     at the speed of this process alone (median 3394 against 3480 q/s in a scratch A/B; 4069 against
     4000 in the batch rows of the run on 75054d1), and at 1.25x it with routing on one thread (4972
-    against 3985; 6278 against 5270 in the batch rows of docs/results/hkm-fashion-mnist.md), which
-    costs about 10 us a query more than routing on two."""
+    against 3985; 6278 against 5270 in the batch rows of the run on 0579237), which costs about 10 us
+    a query more than routing on two."""
     if one_thread or len(Q) < PARALLEL_MIN or numba.get_num_threads() < 2:
         return serial(Q, *args)
     with _PARALLEL_LOCK:

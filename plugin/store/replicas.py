@@ -46,8 +46,8 @@ from plugin.fsutil import fsync_dir
 log = logging.getLogger(__name__)
 
 #: batches smaller than this are scored by the calling process alone: each chunk handed to a replica
-#: costs a message, a round trip and its hits sent back as pairs (the batch-100 rows of
-#: docs/results/hkm-fashion-mnist.md: the router gains 1.19x and 1.27x from one replica)
+#: costs a message, a round trip and its hits sent back as pairs (what one replica adds at batch 100
+#: and 1000 is in the batched rows of docs/results/hkm-fashion-mnist.md)
 MIN_BATCH = 64
 MIN_CHUNK, MAX_CHUNK = 8, 64  # queries per chunk (_chunks)
 REPLICAS_DIR = "replicas"
