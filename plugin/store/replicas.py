@@ -191,8 +191,8 @@ class ReadReplicas:
         filters of each query (cut with the queries); ``shared``: the rest of the primitive's arguments.
 
         The batch is cut into chunks (:func:`_chunks`). Each replica is kept at least two chunks ahead
-        (``wanted``), taken from the front; this process scores chunks from the back and, before and
-        after each of its own, collects what the replicas finished and sends them more. The last chunk
+        (``wanted``), taken from the front; this process scores chunks from the back, collects what
+        the replicas finished after each of its own and sends them more before the next. The last chunk
         goes to a replica only if that replica holds none, so this process does not end the batch
         waiting for two of a replica's. A fixed split (half here, half there) left one
         side waiting for the other: this process also routes, sends and builds the hits. The queries
@@ -259,11 +259,8 @@ class ReadReplicas:
                 mine = todo[-1][1] - todo[-1][0]
                 return sum(b - a for a, b in list(held)[1:]) < mine
 
-            for r in list(live):
-                while wanted(r):
-                    send(r)
             while todo:
-                for r in list(live):
+                for r in list(live):  # before each chunk scored here (the first: the replicas' first chunks)
                     while wanted(r):
                         send(r)
                 if not todo:
@@ -273,8 +270,6 @@ class ReadReplicas:
                 for r in list(live):
                     while r in live and ahead[id(r)] and r.conn.poll():
                         collect(r)
-                        if wanted(r):
-                            send(r)
             for r in list(live):
                 while r in live and ahead[id(r)]:
                     collect(r)
