@@ -67,10 +67,14 @@ class RoutedParts:
 
     def _route_run(self, a: int, b: int) -> None:
         t = time.perf_counter()
-        ids, leaves, operands, sizes, unfiled = self.ids, self._leaves, self.operands, self._sizes, self._unfiled
         for j, lv in zip(range(a, b), self._route(a, b)):
-            lids = sorted(lv.tolist())
-            ids[j] = lids
-            leaves[j] = lids + [unfiled]
-            operands[j] = sum([sizes[x] for x in lids])
+            self.ids[j], self._leaves[j], self.operands[j] = leaf_lists(lv, self._sizes, self._unfiled)
         self.seconds += time.perf_counter() - t
+
+
+def leaf_lists(leaf_ids, sizes: Sequence[int], unfiled: int) -> tuple[list, list, int]:
+    """One query's routed leaf-id array as (its sorted leaf ids, the store's leaf list: those plus
+    ``unfiled``, the points under them: ``sizes[leaf]`` summed). Python lists: a few dozen ids per
+    query, for which the engine's ``MatchAny`` and the stats' sort and sum need no NumPy call."""
+    lids = sorted(leaf_ids.tolist())
+    return lids, lids + [unfiled], sum([sizes[x] for x in lids])

@@ -29,7 +29,7 @@ from plugin.errors import BadVectorError, EmptyCollectionError, RouterError
 from plugin.router import maintenance
 from plugin.router.kernels import nearest_leaf_batch, probe_batch, probe_many, unit_rows
 from plugin.router.modes import ModeContext, as_plan, get_mode, route
-from plugin.router.parts import RoutedParts
+from plugin.router.parts import RoutedParts, leaf_lists
 from plugin.router.recent import RecentVectors
 from plugin.router.rwlock import RWLock
 from plugin.router.state import commit_staged, load_committed, save_state, staged_path, state_path
@@ -306,20 +306,11 @@ class Router:
                 # a tree mode (leaf ids per query) and nothing else to score: one store call, no Plan. At one
                 # query per call our Python is what separates router.search from the layers it calls
                 # (docs/results/anatomy-fashion-mnist.md), so this path does as little as it can.
-                # leaf ids as Python lists from here on: a few dozen ids per query, for which the engine's
-                # MatchAny, the stats' sort and sum need no NumPy call (append, fancy index, sum)
-                ids = [lv.tolist() for lv in routed]
-                hits = self.store.search_leaves(Q, k, [lids + [UNFILED] for lids in ids],
-                                                oversampling=self.oversampling, with_payload=with_payload)
-                t2 = time.perf_counter()
-                timing = _timing(t0, t1, t2, len(Q))
-                sizes = flat.leaf_sizes
-                out = []
-                for h, lids in zip(hits, ids):
-                    lids.sort()
-                    out.append(SearchResult(h, _stats(mode, used, None, sum([sizes[i] for i in lids]), n, lids,
-                                                      False, timing)))
-                return out
+                ids, leaves, operands = zip(*[leaf_lists(lv, flat.leaf_sizes, UNFILED) for lv in routed])
+                hits = self.store.search_leaves(Q, k, leaves, oversampling=self.oversampling,
+                                                with_payload=with_payload)
+                timing = _timing(t0, t1, time.perf_counter(), len(Q))
+                return _tree_results(mode, used, n, hits, ids, operands, timing)
             plan = as_plan(routed, len(Q))
             probe_hits, widened = self._run_probes(Q, plan.probes, k, restrict,
                                                    with_payload or plan.merge is not None)
@@ -359,11 +350,8 @@ class Router:
         parts = RoutedParts(lambda a, b: m.fn(ctx, Q[a:b], **used), len(Q), flat.leaf_sizes, UNFILED)
         hits = self.store.search_leaves(Q, k, parts, oversampling=self.oversampling, with_payload=with_payload)
         parts.fill()  # every row, should a store have left one unsliced
-        t2 = time.perf_counter()
-        timing = _timing(t0, t0 + parts.seconds, t2, len(Q))
-        n = flat.n_points
-        return [SearchResult(h, _stats(m.name, used, None, ops, n, lids, False, timing))
-                for h, lids, ops in zip(hits, parts.ids, parts.operands)]
+        timing = _timing(t0, t0 + parts.seconds, time.perf_counter(), len(Q))
+        return _tree_results(m.name, used, flat.n_points, hits, parts.ids, parts.operands, timing)
 
     def _run_probes(self, Q, probes, k: int, restrict, with_payload: bool = True) -> tuple[list, list[bool]]:
         """Score every probe (one store batch per distinct k and kind: routed probes score the int8 copy
@@ -496,6 +484,13 @@ def _timing(t0: float, t1: float, t2: float, n_queries: int) -> dict:
     """Per-query routing, scoring and total ms of a batch timed at t0 (start), t1 (routed), t2 (scored)."""
     return {"route_ms": (t1 - t0) * 1e3 / n_queries, "score_ms": (t2 - t1) * 1e3 / n_queries,
             "ms": (t2 - t0) * 1e3 / n_queries}
+
+
+def _tree_results(mode: str, used: dict, n_points: int, hits: list, ids: list, operands: list,
+                  timing: dict) -> list:
+    """A tree mode's results with nothing else scored: per query its hits, sorted leaf ids and operands."""
+    return [SearchResult(h, _stats(mode, used, None, ops, n_points, lids, False, timing))
+            for h, lids, ops in zip(hits, ids, operands)]
 
 
 def _stats(mode: str, used: dict, within, operands: int, n_points: int, leaves: list, widened: bool,
