@@ -735,11 +735,11 @@ def cost_curve(b: Bench, sizes, tree, dim: int, workdir: Path, encoder=None, dat
         router = Router.build(store, k=k, l=levels, max_leaf_size=int(2 * leaf_size))
         best = None
         for s2 in RELAXED_S2:
-            res, ms = _timed_search(lambda q: router.search(q, k=10, mode="relaxed", s2=s2), b.qv)
+            fn = lambda q, s2=s2: router.search(q, k=10, mode="relaxed", s2=s2)  # noqa: E731
+            res, ms = _timed_search(fn, b.qv)
             rec = _recall10(_ids(res), exact)
             if rec >= 0.95:
-                again = [_timed_search(lambda q, s2=s2: router.search(q, k=10, mode="relaxed", s2=s2), b.qv)[1]
-                         for _ in range(CURVE_PASSES - 1)]
+                again = [_timed_search(fn, b.qv)[1] for _ in range(CURVE_PASSES - 1)]
                 best = (s2, min([ms, *again]), rec, float(np.mean([r.stats["operands"] for r in res])))
                 break
         out = {**b.base, "section": "curve", "method": "hkm-router", "n_points": n, "k": k, "l": levels,
