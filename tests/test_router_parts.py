@@ -72,7 +72,9 @@ def test_a_batch_shared_with_a_replica_is_routed_in_parts_with_the_same_answer(r
         m, fn=lambda ctx, Q, **p: routed.append(len(Q)) or m.fn(ctx, Q, **p)))
     q = np.concatenate([vecs, vecs[:100]])  # 400 queries
     want = router.search_batch(q, k=10, mode=mode, **params)
-    assert routed == [400]  # no replicas: the batch routed whole
+    # no replicas: the batch routed whole; with one, every chunk routed here, replicas' too: the wrapped
+    # mode lives in this test module, which a replica's process cannot import
+    assert routed == [400]
     s.set_read_replicas(1)
     got = router.search_batch(q, k=10, mode=mode, **params)
     assert len(routed) - 1 == len(rep._chunks(400, 1)) > 2 and sum(routed[1:]) == 400  # chunk by chunk
@@ -82,6 +84,34 @@ def test_a_batch_shared_with_a_replica_is_routed_in_parts_with_the_same_answer(r
     keys = ("mode", "operands", "operands_frac", "n_leaves", "leaves", "widened", "within", *params)
     assert [{k: r.stats[k] for k in keys} for r in got] == [{k: r.stats[k] for k in keys} for r in want]
     assert all(0 < r.stats["route_ms"] <= r.stats["ms"] for r in got)
+
+
+@pytest.mark.parametrize("mode, params", [("probe", {"nprobe": 3, "s2": 0.05}), ("relaxed", {"s2": 0.05})])
+def test_a_replica_routes_its_own_chunks_of_a_builtin_mode_with_the_same_answer(replicated, mode, params):
+    router, s, vecs = replicated
+    q = np.concatenate([vecs, vecs[:100]])
+    keys = ("mode", "operands", "operands_frac", "n_leaves", "leaves", "widened", "within", *params)
+
+    def answers(res):
+        return [[(h.id, round(h.score, 5)) for h in r] for r in res], [{k: r.stats[k] for k in keys} for r in res]
+
+    want = answers(router.search_batch(q, k=10, mode=mode, with_payload=False, **params))
+    s.set_read_replicas(1)
+    got = router.search_batch(q, k=10, mode=mode, with_payload=False, **params)
+    st = s._replicas.stats
+    assert st["replica_routed"] == st["replica_chunks"] >= 2 and st["fallbacks"] == 0
+    assert answers(got) == want
+    assert all(0 < r.stats["route_ms"] <= r.stats["ms"] for r in got)
+    # the tree changes: the replica is sent the new snapshot and routes on it
+    rng = np.random.default_rng(0)
+    new = vecs[:60] + 0.05 * rng.standard_normal(vecs[:60].shape).astype(np.float32)
+    router.add(np.arange(10_001, 10_061), new, [{"label": "x"}] * 60)
+    live = s._replicas._live[0]
+    assert live.context is not router.flat
+    got = router.search_batch(q, k=10, mode=mode, with_payload=False, **params)
+    assert live.context is router.flat and st["replica_routed"] >= 4
+    with s.local_only():
+        assert answers(got) == answers(router.search_batch(q, k=10, mode=mode, with_payload=False, **params))
 
 
 def test_a_mode_that_is_not_rowwise_is_routed_whole(replicated, monkeypatch):

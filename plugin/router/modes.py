@@ -77,7 +77,8 @@ class Mode:
     defaults: dict = field(default_factory=dict)
     doc: str = ""
     #: routes each query from its own vector alone and reads neither ``ctx.probs`` nor other rows, so a
-    #: batch may be routed in parts (:mod:`plugin.router.parts`), row for row the same answer
+    #: batch may be routed in parts (:mod:`plugin.router.parts`), row for row the same answer; it reads
+    #: ``ctx.flat`` and ``ctx.one_thread`` alone, so a read replica may route its parts
     rowwise: bool = False
 
     def resolve(self, params: dict) -> dict:
@@ -92,6 +93,9 @@ class Mode:
 MODES: dict[str, Mode] = {}
 #: Packages whose modes register themselves on import (loaded on first lookup, like the encoder registry).
 EXTENSIONS = ("plugin.semantics.modes", "plugin.signatures.modes", "plugin.router.target")
+#: Modules whose modes a read replica's process can import by name (a rowwise mode from one of them may be
+#: routed in the replica, :mod:`plugin.router.parts`); a mode registered elsewhere is routed by its caller.
+BUILTIN_MODULES = frozenset({__name__, *EXTENSIONS})
 _loaded = False
 
 

@@ -28,8 +28,8 @@ import numpy as np
 from plugin.errors import BadVectorError, EmptyCollectionError, RouterError
 from plugin.router import maintenance
 from plugin.router.kernels import nearest_leaf_batch, probe_batch, probe_many, unit_rows
-from plugin.router.modes import ModeContext, as_plan, get_mode, route
-from plugin.router.parts import RoutedParts, leaf_lists
+from plugin.router.modes import BUILTIN_MODULES, ModeContext, as_plan, get_mode, route
+from plugin.router.parts import RemoteRoute, RoutedParts, leaf_lists, route_rows
 from plugin.router.recent import RecentVectors
 from plugin.router.rwlock import RWLock
 from plugin.router.state import commit_staged, load_committed, save_state, staged_path, state_path
@@ -347,10 +347,13 @@ class Router:
         """A tree mode's batch routed a part at a time as the store's chunks take it
         (:mod:`plugin.router.parts`); the same hits and stats as routing it whole."""
         flat = ctx.flat
-        parts = RoutedParts(lambda a, b: m.fn(ctx, Q[a:b], **used), len(Q), flat.leaf_sizes, UNFILED)
+        remote = RemoteRoute(flat, route_rows, (m.name, used, UNFILED)) if m.fn.__module__ in BUILTIN_MODULES \
+            else None
+        parts = RoutedParts(lambda a, b: m.fn(ctx, Q[a:b], **used), len(Q), flat.leaf_sizes, UNFILED, remote)
         hits = self.store.search_leaves(Q, k, parts, oversampling=self.oversampling, with_payload=with_payload)
         parts.fill()  # every row, should a store have left one unsliced
-        timing = _timing(t0, t0 + parts.seconds, time.perf_counter(), len(Q))
+        t2 = time.perf_counter()  # route_ms: every process's routing (a replica's included), score_ms the rest
+        timing = _timing(t0, min(t0 + parts.seconds, t2), t2, len(Q))
         return _tree_results(m.name, used, flat.n_points, hits, parts.ids, parts.operands, timing)
 
     def _run_probes(self, Q, probes, k: int, restrict, with_payload: bool = True) -> tuple[list, list[bool]]:

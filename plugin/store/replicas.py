@@ -15,7 +15,10 @@ that only reads it. Not ``multiprocessing``: fork would copy the engine's runnin
 and forkserver re-run the caller's main script in the child, which without a ``__main__`` guard
 re-runs the caller's ingestion or deletions there. A batch is cut into ``n + 1`` contiguous parts: the calling
 process scores the first, each replica one of the others, and the hits come back as (id, score)
-pairs; payloads are read once, from the primary, for the final hits.
+pairs; payloads are read once, from the primary, for the final hits. A batch of a built-in tree mode is
+routed where it is scored: each replica is sent the router's snapshot once (again after the tree
+changed) and routes its own chunks (:class:`plugin.router.parts.RemoteRoute`), so the calling process
+routes its share alone, not every process's.
 
 Freshness: the store counts its writes (:attr:`EdgeStore.writes`). A batch that finds the count moved
 since the replicas were copied copies them again first, so a replica never answers from older data
@@ -57,7 +60,7 @@ def _worker(conn) -> None:
     """A replica process: open a copy, answer search requests, close it when told; exit on ``None``."""
     from plugin.store.edge import EdgeStore
 
-    store, views = None, {}
+    store, views, context = None, {}, None
     while True:
         try:
             msg = conn.recv()
@@ -66,6 +69,9 @@ def _worker(conn) -> None:
         if msg is None:
             break
         op, args = msg
+        if op == "context":  # what "routed" chunks route on (the tree snapshot); no answer
+            context = args
+            continue
         try:
             if op == "open":
                 store = EdgeStore(args, max_search_threads=1)
@@ -80,8 +86,14 @@ def _worker(conn) -> None:
                 if path not in views:  # a new buffer: the caller grew it; older ones are gone
                     views.clear()
                     views[path] = np.load(path, mmap_mode="r")
-                out = _score(store, op, (np.ascontiguousarray(views[path][a:b]), *rest))
-                conn.send(("ok", [[(h.id, h.score) for h in hits] for hits in out]))
+                vectors = np.ascontiguousarray(views[path][a:b])
+                routed = None
+                if op == "routed":  # route the chunk here, then score its leaves
+                    k, fn, fargs, *shared = rest
+                    leaves, routed = fn(context, vectors, *fargs)
+                    op, rest = "leaves", (k, leaves, *shared)
+                out = [[(h.id, h.score) for h in hits] for hits in _score(store, op, (vectors, *rest))]
+                conn.send(("ok", out if routed is None else (out, routed)))
         except Exception as e:  # sent back: the caller scores this part itself
             conn.send(("error", f"{type(e).__name__}: {e}"))
     if store is not None:
@@ -109,6 +121,7 @@ class _Replica:
                                      pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
         theirs.close()
         self.conn = Connection(mine.detach())
+        self.context = None  # the routing context this process was sent last (ReadReplicas.search)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -139,7 +152,7 @@ class ReadReplicas:
         self.synced = None  # the store's write count the copies hold; None: not copied yet
         self._live: list[_Replica] = []
         self._lock = threading.Lock()  # one batch at a time: a pipe carries one request at a time
-        self.stats = {"refreshes": 0, "fallbacks": 0, "replica_chunks": 0}
+        self.stats = {"refreshes": 0, "fallbacks": 0, "replica_chunks": 0, "replica_routed": 0}
         self._buf, self._buf_path, self._buf_gen = None, None, 0  # the shared query buffer (_share)
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -219,10 +232,18 @@ class ReadReplicas:
             ahead = {id(r): deque() for r in self._live}
             live = list(self._live)
 
+            remote = getattr(per_query, "remote", None) if op == "leaves" else None
+
             def send(r) -> None:
                 a, b = todo.popleft()
                 try:
-                    r.conn.send((op, ((buf, a, b), k, per_query[a:b], *shared)))
+                    if remote is None:
+                        r.conn.send((op, ((buf, a, b), k, per_query[a:b], *shared)))
+                    else:  # the replica routes the chunk (plugin.router.parts.RemoteRoute)
+                        if r.context is not remote.context:
+                            r.conn.send(("context", remote.context))
+                            r.context = remote.context
+                        r.conn.send(("routed", ((buf, a, b), k, remote.fn, remote.args, *shared)))
                     ahead[id(r)].append((a, b))
                 except (OSError, ValueError):
                     log.warning("read replica %s died: scoring its part here", r.path.name)
@@ -242,6 +263,10 @@ class ReadReplicas:
                     done[(a, b)] = _score(self.store, op, _args(vectors[a:b], k, per_query[a:b], shared))
                     return
                 self.stats["replica_chunks"] += 1
+                if remote is not None:
+                    value, routed = value
+                    per_query.take(a, b, routed)
+                    self.stats["replica_routed"] += 1
                 done[(a, b)] = [[self.store.hit(i, sc) for i, sc in hits] for hits in value]
 
             def wanted(r) -> bool:
@@ -329,12 +354,15 @@ def _chunks(n: int, replicas: int) -> list[tuple[int, int]]:
     ``1 / (2 (replicas + 1))`` of the queries still between the ends, clamped to [:data:`MIN_CHUNK`,
     :data:`MAX_CHUNK`]: large at the ends, where a chunk's round trip (a fraction of a millisecond) is
     spread over many queries, small where they meet, so neither side waits long for the other's last
-    chunk. Four equal chunks per process before left this process idle for up to two replica chunks
+    chunk. A rest of fewer than :data:`MIN_CHUNK` queries joins the chunk cut before it (a 1-query chunk
+    cost a round trip of its own). Four equal chunks per process before left this process idle for up to two replica chunks
     (about 40 ms of a 1000-query batch on 60k points, scratch timeline), waiting at the end."""
     front, back = [], []
     lo, hi, turn = 0, n, 0
     while lo < hi:
         size = min(hi - lo, max(MIN_CHUNK, min(MAX_CHUNK, (hi - lo) // (2 * (replicas + 1)))))
+        if hi - lo - size < MIN_CHUNK:  # the rest joins this chunk: no round trip for a few queries
+            size = hi - lo
         if turn < replicas:
             front.append((lo, lo + size))
             lo += size
