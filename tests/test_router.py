@@ -627,3 +627,14 @@ def test_a_leaf_grown_twofold_splits_below_the_split_bound(filled):
     stats = r.add(np.arange(10_000, 10_000 + 2 * n), new)
     assert stats["splits"] >= 1 and lid not in r.tree.leaf_node
     _check_invariants(r)
+
+
+def test_an_empty_batch_has_an_empty_answer_and_bad_parameters_are_still_errors(filled):
+    s, vecs = filled
+    router = Router.build(s, k=4, l=2, save=False)
+    none = np.zeros((0, vecs.shape[1]), np.float32)
+    assert router.search_batch(none, k=5, mode="probe") == [] and router.search_batch(none, mode="exact") == []
+    with pytest.raises(RouterError):
+        router.search_batch(none, mode="probe", S2=0.1)
+    with pytest.raises(BadVectorError):
+        router.search_batch(np.zeros((0, vecs.shape[1] + 1), np.float32))

@@ -546,3 +546,13 @@ def test_embedded_store_keeps_vectors_bit_for_bit_through_upsert_and_relayout(tm
     s.cluster_by("leaf")
     assert np.array_equal(np.array([r.vector for r in s.retrieve(range(40), with_vectors=True)], np.float32), want)
     s.close()
+
+
+def test_an_empty_batch_has_an_empty_answer_and_a_wrong_dimension_is_still_an_error(make_store, fmnist_small):
+    vecs, wnids, _ = fmnist_small
+    s = make_store(vecs.shape[1])
+    _fill(s, vecs, wnids)
+    none = np.zeros((0, vecs.shape[1]), np.float32)
+    assert s.search_batch(none, k=5) == [] and s.search_leaves(none, 5, []) == []
+    with pytest.raises(BadVectorError):
+        s.search_batch(np.zeros((0, vecs.shape[1] + 1), np.float32), k=5)

@@ -288,6 +288,8 @@ class Router:
             raise RouterError(f"k must be >= 1, got {k}")
         if probs is not None:
             probs = check_probs(probs, len(Q), classes)
+        if len(Q) == 0:  # checked like any batch (shape, mode, parameters); nothing to route or score
+            return []
         with self._lock.read():
             flat = self.flat
             n = flat.n_points

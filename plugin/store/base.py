@@ -218,6 +218,8 @@ class Store(abc.ABC):
         filters = list(filter) if isinstance(filter, (list, tuple)) else [filter] * len(vecs)
         if len(filters) != len(vecs):
             raise HSearchError(f"got {len(filters)} filters for {len(vecs)} query vectors")
+        if len(vecs) == 0:  # an empty batch has an empty answer (the engine takes no empty request)
+            return []
         quantized = bool(exact) and oversampling is not None and self.routed_layout
         out = self._search_batch(vecs, int(k), filters, exact, hnsw_ef, with_payload,
                                  float(oversampling) if quantized else None)
@@ -245,6 +247,8 @@ class Store(abc.ABC):
             raise HSearchError(f"k must be >= 1, got {k}")
         if oversampling is not None and not (1.0 <= float(oversampling) <= 100.0):
             raise HSearchError(f"oversampling must be between 1 and 100, got {oversampling}")
+        if len(vecs) == 0:
+            return []
         out = self._search_leaves(np.ascontiguousarray(vecs), int(k), leaves, with_payload,
                                   float(oversampling) if oversampling is not None and self.routed_layout else None)
         if not any(out) and self.count() == 0:
