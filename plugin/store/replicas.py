@@ -13,9 +13,9 @@ A replica is a copy of the collection's ``collection.json`` and ``shard/`` (afte
 ``<collection>/replicas/<i>/``, opened by a fresh interpreter (``python -m plugin.store.replicas``)
 that only reads it. Not ``multiprocessing``: fork would copy the engine's running threads, and spawn
 and forkserver re-run the caller's main script in the child, which without a ``__main__`` guard
-re-runs the caller's ingestion or deletions there. A batch is cut into ``n + 1`` contiguous parts: the calling
-process scores the first, each replica one of the others, and the hits come back as (id, score)
-pairs; payloads are read once, from the primary, for the final hits. A batch of a built-in tree mode is
+re-runs the caller's ingestion or deletions there. A batch is cut into chunks (:func:`_chunks`), shared
+between the calling process and the replicas as each becomes free (:meth:`ReadReplicas.search`), and a
+replica's hits come back as (id, score) pairs; payloads are read once, from the primary, for the final hits. A batch of a built-in tree mode is
 routed where it is scored: each replica is sent the router's snapshot once (again after the tree
 changed) and routes its own chunks (:class:`plugin.router.parts.RemoteRoute`), so the calling process
 routes its share alone, not every process's.
@@ -355,8 +355,9 @@ def _chunks(n: int, replicas: int) -> list[tuple[int, int]]:
     :data:`MAX_CHUNK`]: large at the ends, where a chunk's round trip (a fraction of a millisecond) is
     spread over many queries, small where they meet, so neither side waits long for the other's last
     chunk. A rest of fewer than :data:`MIN_CHUNK` queries joins the chunk cut before it (a 1-query chunk
-    cost a round trip of its own). Four equal chunks per process before left this process idle for up to two replica chunks
-    (about 40 ms of a 1000-query batch on 60k points, scratch timeline), waiting at the end."""
+    cost a round trip of its own). Four equal chunks per process before left this process idle for up
+    to two replica chunks (about 40 ms of a 1000-query batch on 60k points, scratch timeline), waiting
+    at the end."""
     front, back = [], []
     lo, hi, turn = 0, n, 0
     while lo < hi:
