@@ -1,0 +1,248 @@
+"""Spilling (SOAR, Sun et al., NeurIPS 2023) measured on our trees before it is built: how many points a
+routed query must score to reach a recall@10 when boundary points are filed under a second leaf too.
+
+    python -m plugin.bench.spill --md docs/results/spill-fashion-mnist.md --json docs/results/spill-fashion-mnist.json
+
+Issue 15 lists spilling as a lever: a point near a leaf boundary is also filed under its second leaf
+(an integer-array ``leaf`` payload, which a ``MatchAny`` filter matches by either value), so a query
+whose true neighbours sit across the boundary finds them in fewer leaves. This module measures what
+that buys on the real trees (60k Fashion-MNIST, MobileNetV2, the trees ``make bench-hkm`` builds)
+*without* changing the store: the router's own ``probe`` kernel routes each query; the candidates are
+the points whose primary leaf, or spilled second leaf, is routed; they are scored exactly (float dot
+products) and compared with the exact top-10.
+
+What it does not show, and why the rows are points and recall, not milliseconds: the engine scores an
+int8 copy laid out by primary leaf (``Store.cluster_by``), so a spilled point is read out of its
+neighbours' order, and every spilled point is one more payload value and one more index entry. A
+speedup claim needs the engine path; this table says whether building it is worth it.
+
+Second leaf, two rules: ``nearest``, the nearest other leaf centroid; ``soar``, SOAR's spilled
+assignment, among the 8 nearest other leaves the ``c'`` minimising ``||r'||^2 + lam * <r, r'>^2 /
+||r||^2`` (``r = x - c``, ``r' = x - c'``, ``lam = 1``): a second leaf whose residual is orthogonal to
+the first's, so a query that the first leaf misrepresents is unlikely to be misrepresented by both.
+Which points spill: all of them (SOAR spills every point), or only the fraction with the smallest gap
+between their first and second leaf's similarity (the boundary points), which bounds the extra index.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+#: Other leaves a point's SOAR second leaf is picked among (nearest first); the rule's cost term only
+#: ever prefers a near one, so looking further changes nothing measurable and costs a matrix pass each.
+SOAR_CANDIDATES = 8
+
+
+def leaf_centroids(flat) -> tuple[np.ndarray, np.ndarray]:
+    """(C, live): leaf ``i``'s centroid in row ``i`` of ``C`` (rows of retired ids are zero), ``live[i]``
+    whether leaf id ``i`` is in the tree."""
+    nodes = np.flatnonzero(flat.leaf_of_node >= 0)
+    ids = flat.leaf_of_node[nodes]
+    C = np.zeros((flat.next_leaf_id, flat.centroids.shape[1]), np.float32)
+    C[ids] = flat.centroids[nodes]
+    live = np.zeros(flat.next_leaf_id, bool)
+    live[ids] = True
+    return C, live
+
+
+def second_leaves(X: np.ndarray, C: np.ndarray, live: np.ndarray, primary: np.ndarray, rule: str = "soar",
+                  lam: float = 1.0, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's second leaf under ``rule`` (``"nearest"`` or ``"soar"``) and its boundary gap (the
+    primary leaf's similarity minus the nearest other leaf's; small = near the boundary). ``X``: unit
+    rows (cosine), ``C``: leaf centroids by leaf id, ``primary``: each row's leaf id."""
+    if rule not in ("nearest", "soar"):
+        raise ValueError(f"rule must be 'nearest' or 'soar', got {rule!r}")
+    if live.sum() < 2:
+        raise ValueError("a second leaf needs a tree of at least two leaves")
+    second = np.empty(len(X), np.int64)
+    gap = np.empty(len(X), np.float32)
+    for s in range(0, len(X), chunk):
+        x, p = X[s:s + chunk], primary[s:s + chunk]
+        rows = np.arange(len(x))
+        sim = x @ C.T
+        sim[:, ~live] = -np.inf
+        own = sim[rows, p].copy()
+        sim[rows, p] = -np.inf
+        m = min(SOAR_CANDIDATES, int(live.sum()) - 1)
+        near = np.argpartition(-sim, m - 1, axis=1)[:, :m]
+        near = np.take_along_axis(near, np.argsort(-np.take_along_axis(sim, near, 1), axis=1), 1)
+        gap[s:s + chunk] = own - sim[rows, near[:, 0]]
+        if rule == "nearest":
+            second[s:s + chunk] = near[:, 0]
+            continue
+        r = x - C[p]
+        rn2 = np.maximum((r * r).sum(1), 1e-12)
+        cost = np.empty(near.shape, np.float64)
+        for j in range(m):
+            rp = x - C[near[:, j]]
+            cost[:, j] = (rp * rp).sum(1) + lam * (r * rp).sum(1) ** 2 / rn2
+        second[s:s + chunk] = near[rows, cost.argmin(1)]
+    return second, gap
+
+
+def leaf_members(primary: np.ndarray, n_leaves: int, second: np.ndarray | None = None,
+                 spilled: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (offsets, rows) of each leaf's points: every row under its primary leaf and, where
+    ``spilled``, under ``second`` too."""
+    leaf, row = primary, np.arange(len(primary))
+    if second is not None:
+        extra = np.flatnonzero(spilled)
+        leaf, row = np.concatenate([leaf, second[extra]]), np.concatenate([row, extra])
+    order = np.argsort(leaf, kind="stable")
+    offsets = np.zeros(n_leaves + 1, np.int64)
+    np.cumsum(np.bincount(leaf, minlength=n_leaves), out=offsets[1:])
+    return offsets, row[order]
+
+
+def routed_recall(routes, members: tuple[np.ndarray, np.ndarray], X: np.ndarray, Q: np.ndarray,
+                  truth: np.ndarray, k: int = 10) -> dict:
+    """Mean recall@k and points scored per query when query ``b`` scores, exactly, every point filed
+    under one of its routed leaf ids ``routes[b]`` (a point under two routed leaves is scored once)."""
+    offsets, rows = members
+    found = scored = 0
+    for b, leaves in enumerate(routes):
+        leaves = np.asarray(leaves, np.int64)
+        parts = [rows[offsets[lf]:offsets[lf + 1]] for lf in leaves[leaves >= 0]]
+        cand = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+        scored += len(cand)
+        if len(cand):
+            sc = X[cand] @ Q[b]
+            top = cand[np.argpartition(-sc, min(k, len(cand)) - 1)[:k]]
+            found += len(np.intersect1d(top, truth[b, :k]))
+    return {"recall_at_10": found / (k * len(routes)), "points": scored / len(routes)}
+
+
+def cheapest(rows: list[dict], variant: str, want: float) -> dict | None:
+    """The row of ``variant`` scoring the fewest points among those reaching recall ``want``."""
+    ok = [r for r in rows if r["variant"] == variant and r["recall_at_10"] >= want]
+    return min(ok, key=lambda r: r["points"]) if ok else None
+
+
+VARIANTS = (("none", None, None), ("nearest, all", "nearest", 1.0), ("soar, all", "soar", 1.0),
+            ("soar, boundary half", "soar", 0.5), ("soar, boundary quarter", "soar", 0.25))
+
+
+def run_tree(router, X: np.ndarray, Q: np.ndarray, truth: np.ndarray, nprobes, s2: float, log=print) -> list[dict]:
+    """Every variant x nprobe on one built router (its store's ``leaf`` payloads are the primary leaves)."""
+    from plugin.router.modes import ModeContext, get_mode
+
+    flat, store = router.flat, router.store
+    primary = np.empty(len(X), np.int64)
+    for page in store.scroll(batch_size=4096, with_vectors=False, payload_fields=["leaf"]):
+        for rec in page:
+            primary[rec.id] = rec.payload["leaf"]  # ids are row numbers
+    C, live = leaf_centroids(flat)
+    seconds = {rule: second_leaves(X, C, live, primary, rule) for rule in ("nearest", "soar")}
+    index = {}
+    for name, rule, frac in VARIANTS:
+        if rule is None:
+            index[name] = (leaf_members(primary, flat.next_leaf_id), 0.0)
+            continue
+        second, gap = seconds[rule]
+        spilled = gap <= np.quantile(gap, frac) if frac < 1.0 else np.ones(len(X), bool)
+        index[name] = (leaf_members(primary, flat.next_leaf_id, second, spilled), float(spilled.mean()))
+    mode = get_mode("probe")
+    ctx = ModeContext(flat, store, router, None, None)
+    out = []
+    Qp = router.prepare_queries(Q)
+    for nprobe in nprobes:
+        routes = mode.fn(ctx, Qp, **mode.resolve({"nprobe": nprobe, "s2": s2}))
+        for name, (members, frac) in index.items():
+            r = {"variant": name, "nprobe": nprobe, "s2": s2, "spilled": round(frac, 4),
+                 **routed_recall(routes, members, X, Q, truth)}
+            out.append(r)
+        log(f"  nprobe {nprobe:3d}: " + "  ".join(f"{r['variant']} {r['recall_at_10']:.4f}/{r['points']:.0f}"
+                                                  for r in out[-len(index):]))
+    return out
+
+
+def run(trees=((16, 3), (32, 3)), max_leaf: int = 150, n_queries: int = 1000, limit: int | None = None,
+        nprobes=(8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96), s2: float = 0.06, log=print) -> dict:
+    import tempfile
+
+    from plugin.bench.hkm import load_dataset
+    from plugin.bench.target import _versions
+    from plugin.encoders import create_encoder
+    from plugin.router import Router
+    from plugin.router.target import exact_top
+    from plugin.store.edge import EdgeStore
+
+    t0 = time.perf_counter()
+    enc = create_encoder("mobilenet_v2", device="cpu")
+    dbv, _, qv, _ = load_dataset("fashion-mnist", enc, limit, n_queries)
+    X = dbv / np.linalg.norm(dbv, axis=1, keepdims=True)
+    Q = qv / np.linalg.norm(qv, axis=1, keepdims=True)
+    truth = exact_top(X, Q, "cosine")
+    out = {"dataset": "fashion-mnist", "encoder": enc.name, "n_db": len(X), "n_queries": len(Q),
+           "max_leaf": max_leaf, "s2": s2, "environment": _versions(), "trees": {}}
+    log(f"# {len(X)} database vectors, {len(Q)} queries")
+    with tempfile.TemporaryDirectory(prefix="hsearch-spill-") as tmp:
+        store = EdgeStore(Path(tmp) / "db", dim=X.shape[1])
+        store.upsert(np.arange(len(X)), dbv, [{"leaf": -1} for _ in range(len(X))])
+        for k, l in trees:
+            router = Router.build(store, k=k, l=l, max_leaf_size=max_leaf, relayout=False)
+            log(f"# tree {k}x{l}: {router.describe()['leaves']} leaves")
+            rows = run_tree(router, X, Q, truth, nprobes, s2, log)
+            summary = []
+            for want in (0.95, 0.99):
+                base = cheapest(rows, "none", want)
+                for name, *_ in VARIANTS:
+                    best = cheapest(rows, name, want)
+                    summary.append({"target": want, "variant": name, **({} if best is None else {
+                        "nprobe": best["nprobe"], "points": best["points"], "recall_at_10": best["recall_at_10"],
+                        "spilled": best["spilled"],
+                        "points_vs_none": None if base is None else round(best["points"] / base["points"], 3)})})
+            out["trees"][f"{k}x{l}"] = {"leaves": router.describe()["leaves"], "rows": rows, "summary": summary}
+        store.close()
+    out["total_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def markdown(out: dict) -> str:
+    env = out["environment"]
+    lines = [f"### Spilling on {out['dataset']}: {out['n_db']} database vectors, {out['n_queries']} queries, "
+             f"{out['encoder']}", "",
+             f"`python -m plugin.bench.spill` (commit {env.get('commit', '?')[:7]}, {out['total_s']:.0f} s). Routes: the "
+             f"router's `probe` kernel, s2={out['s2']:g}, trees built as `make bench-hkm` builds them (max leaf "
+             f"{out['max_leaf']}). Candidates scored exactly with floats: points and recall, not milliseconds "
+             "(see the module docstring for what the engine path adds).", ""]
+    for tree, t in out["trees"].items():
+        lines += [f"#### {tree} ({t['leaves']} leaves): cheapest nprobe reaching each recall@10", "",
+                  "| recall@10 ≥ | variant | points spilled | nprobe | recall@10 | points scored | vs none |",
+                  "|---|---|---|---|---|---|---|"]
+        for s in t["summary"]:
+            if "points" not in s:
+                lines.append(f"| {s['target']} | {s['variant']} | | not reached | | | |")
+                continue
+            vs = "" if s["points_vs_none"] is None else f"{s['points_vs_none']:.2f}x"
+            lines.append(f"| {s['target']} | {s['variant']} | {s['spilled']:.0%} | {s['nprobe']} | "
+                         f"{s['recall_at_10']:.4f} | {s['points']:.0f} | {vs} |")
+        lines += ["", f"All rows ({tree}):", "", "| variant | nprobe | recall@10 | points scored |", "|---|---|---|---|"]
+        lines += [f"| {r['variant']} | {r['nprobe']} | {r['recall_at_10']:.4f} | {r['points']:.0f} |" for r in t["rows"]]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m plugin.bench.spill", description=__doc__.splitlines()[0])
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--md", default=None)
+    ap.add_argument("--limit", type=int, default=None, help="database: the first N training images")
+    ap.add_argument("--queries", type=int, default=1000)
+    a = ap.parse_args(argv)
+    out = run(n_queries=a.queries, limit=a.limit)
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
+    if a.md:
+        Path(a.md).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.md).write_text(markdown(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
