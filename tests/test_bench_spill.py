@@ -65,3 +65,19 @@ def test_cheapest_picks_the_fewest_points_reaching_the_target():
     assert spill.cheapest(rows, "a", 0.95)["points"] == 450
     assert spill.cheapest(rows, "a", 0.99)["points"] == 900
     assert spill.cheapest(rows, "a", 0.995) is None
+
+
+def test_the_spilled_collection_answers_a_route_by_either_leaf(tmp_path):
+    rng = np.random.default_rng(1)
+    vecs = _unit(rng.normal(size=(6, 16)))
+    primary = np.array([0, 0, 1, 1, 2, 2])
+    second = np.array([1, 2, 0, 2, 0, 1])
+    store = spill.spilled_store(tmp_path / "db", vecs, primary, second)
+    try:
+        assert store.routed_layout
+        params = store._params(oversampling=2.0)
+        for leaves, want in (([0], {0, 1, 2, 4}), ([2], {1, 3, 4, 5}), ([7], set())):
+            hits = store._query(vecs[:1], 6, [spill.spill_filter(leaves)], params)[0]
+            assert {h.id for h in hits} == want
+    finally:
+        store.close()
