@@ -179,7 +179,8 @@ def spill_filter(leaves) -> object:
 
 def spilled_store(path: Path, vectors: np.ndarray, primary: np.ndarray, second: np.ndarray):
     """A routed-layout collection of ``vectors`` (ids = row numbers) filed under ``primary`` with every
-    point's ``spill`` payload its ``second`` leaf: the spilled index as the router would build it."""
+    point's ``spill`` payload its ``second`` leaf: the spilled index as the router would build it. Its
+    points carry no other payload (the timed queries read none)."""
     from plugin.store.edge import EdgeStore
 
     store = EdgeStore(path, dim=vectors.shape[1])
@@ -214,7 +215,7 @@ def engine_rows(router, spilled, Q: np.ndarray, truth: np.ndarray, picks, s2: fl
         leaves = routes[nprobe][b]
         if variant == "none":
             return router.store.search_leaves(q, 10, [leaves], oversampling=os_, with_payload=False)[0]
-        qe_filter = spill_filter(leaves)
+        qe_filter = spill_filter(leaves)  # the store has no leaf-or-spill condition yet: its engine call, directly
         return spilled._query(q, 10, [qe_filter], spilled._params(oversampling=os_))[0]
 
     def a_pass(variant, nprobe):
