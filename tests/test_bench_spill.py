@@ -81,3 +81,14 @@ def test_the_spilled_collection_answers_a_route_by_either_leaf(tmp_path):
             assert {h.id for h in hits} == want
     finally:
         store.close()
+
+
+def test_engine_picks_time_each_target_s_cheapest_row_its_grid_neighbours_and_leaf_only_beside_none():
+    grid = (8, 16, 24, 32)
+    rec = {"none": (0.90, 0.951, 0.98, 0.991), "soar, all": (0.952, 0.99, 0.995, 0.996)}
+    rows = [{"variant": v, "nprobe": n, "recall_at_10": r, "points": n * 10}
+            for v, rs in rec.items() for n, r in zip(grid, rs)]
+    picks = spill.engine_picks(rows, grid)
+    assert [n for v, n in picks if v == "none"] == [8, 16, 24, 32]
+    assert [n for v, n in picks if v == "soar, all"] == [8, 16, 24]
+    assert [n for v, n in picks if v == "soar, leaf only"] == [16, 32]
