@@ -63,7 +63,7 @@ bench-anatomy: setup
 	set -o pipefail; $(PY) -m plugin.bench.anatomy --recall 0.95 --json docs/results/anatomy-fashion-mnist.json --md docs/results/anatomy-fashion-mnist.md 2>&1 | tee docs/results/anatomy-fashion-mnist.log
 
 ## Spilling (SOAR) measured on the router's own trees before it is built: points scored vs recall@10 when
-## boundary points are filed under a second leaf too (plugin/bench/spill.py); ~11 min once the vectors are cached.
+## boundary points are filed under a second leaf too (plugin/bench/spill.py); ~12 min once the vectors are cached.
 .PHONY: bench-spill
 bench-spill: setup
 	set -o pipefail; $(PY) -m plugin.bench.spill --json docs/results/spill-fashion-mnist.json --md docs/results/spill-fashion-mnist.md 2>&1 | tee docs/results/spill-fashion-mnist.log
