@@ -57,10 +57,13 @@ bench-scaling: setup
 	nice -n 10 $(PY) -m plugin.cli bench scaling --dataset fashion-mnist --tree 16x3,8x4 --recall 0.95,0.99 --shards 4,8,16,32,64 --queries 10000 --seed 0 --json docs/results/scaling-fashion-mnist.json --md docs/results/scaling-fashion-mnist.md --plot docs/results/scaling-fashion-mnist.png
 
 ## Where one routed query's time goes (routing, our glue, the engine's own work, the fixed cost of an engine
-## call) against faiss IVF-Flat and the engine's HNSW at recall@10 >= 0.95; ~5 min once the vectors are cached.
+## call, the engine's cost per point and per leaf) against faiss IVF-Flat and the engine's HNSW at recall@10
+## >= 0.95 (bench hkm's fastest tree there, 16x3) and >= 0.99 (32x3, faiss nlist 512); ~5 min each once the
+## vectors are cached.
 .PHONY: bench-anatomy
 bench-anatomy: setup
 	set -o pipefail; $(PY) -m plugin.bench.anatomy --recall 0.95 --json docs/results/anatomy-fashion-mnist.json --md docs/results/anatomy-fashion-mnist.md 2>&1 | tee docs/results/anatomy-fashion-mnist.log
+	set -o pipefail; $(PY) -m plugin.bench.anatomy --recall 0.99 --tree 32x3 --nprobes 48,56,64,72 --s2s 0.06,0.07 --efs 40,48,56,64,80 --nlist 512 --fprobes 20,22,24,26,28,32 --json docs/results/anatomy-099-fashion-mnist.json --md docs/results/anatomy-099-fashion-mnist.md 2>&1 | tee docs/results/anatomy-099-fashion-mnist.log
 
 ## Spilling (SOAR) measured on the router's own trees before it is built: points scored vs recall@10 when
 ## boundary points are filed under a second leaf too (plugin/bench/spill.py); ~12 min once the vectors are cached.

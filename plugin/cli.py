@@ -429,8 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="calibrate search mode target (a recall@10 target per query) after `build`")
     _add_common(p)
     p.add_argument("--queries", type=int, default=2000, help="collection points sampled as calibration queries")
-    p.add_argument("--s2-wide", type=float, default=0.12, help="relaxed s2 giving the candidate leaves")
-    p.add_argument("--max-candidates", type=int, default=128, help="candidate leaves per query at most")
+    p.add_argument("--s2-wide", type=float, default=0.07,
+                   help="band on internal nodes of the probe descent giving the candidate leaves")
+    p.add_argument("--max-candidates", type=int, default=128, help="candidate leaves per query (the nearest met)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_calibrate)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from plugin.bench.hkm import _row, cheapest, markdown, read_records, retention_row, summary
@@ -111,18 +112,47 @@ def test_cheapest_and_summary_pick_the_fastest_row_reaching_the_target():
     assert retention_row(recs)["ms_per_query"] == 0.10  # levers rows and other methods do not count
 
 
-def test_committed_anatomy_is_its_records_and_the_makefile_arguments():
-    """docs/results/anatomy-fashion-mnist.md is ``plugin.bench.anatomy.markdown`` of the committed records,
-    made with the recall target `make bench-anatomy` passes; every method has its whole-search row."""
+@pytest.mark.parametrize("target", ["0.95", "0.99"])
+def test_committed_anatomy_is_its_records_and_the_makefile_arguments(target):
+    """Each docs/results/anatomy-*.md is ``plugin.bench.anatomy.markdown`` of its committed records, made
+    with the arguments its `make bench-anatomy` line passes; every method has its whole-search row."""
     from plugin.bench import anatomy
 
-    recs = read_records(RESULTS / "anatomy-fashion-mnist.json")
-    assert (RESULTS / "anatomy-fashion-mnist.md").read_text() == anatomy.markdown(recs)
-    line = next(line for line in (ROOT / "Makefile").read_text().splitlines() if "plugin.bench.anatomy" in line)
-    argv = shlex.split(line.split(";", 1)[-1])
-    assert {r["recall_target"] for r in recs} == {float(argv[argv.index("--recall") + 1])}
+    lines = [line for line in (ROOT / "Makefile").read_text().splitlines() if "plugin.bench.anatomy" in line]
+    argv = next(a for a in (shlex.split(line.split(";", 1)[-1]) for line in lines)
+                if a[a.index("--recall") + 1] == target)
+    recs = read_records(ROOT / argv[argv.index("--json") + 1])
+    assert (ROOT / argv[argv.index("--md") + 1]).read_text() == anatomy.markdown(recs)
+    assert {r["recall_target"] for r in recs} == {float(target)}
     assert {r["method"] for r in recs if "whole" in r["layer"]} == {"router", "hnsw", "faiss"}
     assert all(r["recall_at_10"] >= r["recall_target"] for r in recs)
+    if "--tree" in argv:
+        assert all(r["config"].startswith(argv[argv.index("--tree") + 1] + " ") for r in recs if r["method"] == "router")
+
+
+def test_engine_cost_fit_recovers_fixed_per_point_and_per_leaf_costs(monkeypatch):
+    """Requests whose engine time is 40 µs + 0.15 µs a point + 2 µs a leaf (a fake shard on a fake
+    clock): the fit returns those three, and the best of the passes ignores one slow pass."""
+    from plugin.bench import anatomy
+
+    clock = [0.0]
+    rng = np.random.default_rng(0)
+    points, leaves = rng.integers(100, 4000, 200), rng.integers(5, 90, 200)
+    calls = [0]
+
+    class Shard:
+        def query(self, i):
+            calls[0] += 1
+            slow = 3.0 if calls[0] > len(points) else 1.0  # the second pass is slow everywhere
+            clock[0] += slow * (40 + 0.15 * points[i] + 2.0 * leaves[i]) * 1e-6
+
+    monkeypatch.setattr(anatomy.time, "perf_counter", lambda: clock[0])
+    fit = anatomy.engine_cost_fit(Shard(), list(range(len(points))), points, leaves, passes=2)
+    assert fit["fixed_us"] == pytest.approx(40, rel=1e-6)
+    assert fit["per_point_us"] == pytest.approx(0.15, rel=1e-6)
+    assert fit["per_leaf_us"] == pytest.approx(2.0, rel=1e-6)
+    assert fit["r2"] == pytest.approx(1.0)
+    assert fit["mean_points"] == pytest.approx(points.mean())
 
 
 def test_interleaved_passes_start_each_round_one_function_later(monkeypatch):

@@ -144,6 +144,39 @@ def test_probe_scores_the_nearest_leaves_reached(filled):
             r.search(vecs[0], mode="probe", nprobe=bad)
 
 
+def test_ranked_probe_gives_probes_leaves_with_their_code_distances(filled):
+    """Mode target's candidates (``probe_ranked_batch``): the leaves the probe kernel picks, in its order,
+    with each leaf's distance to the query over the int8 codes (1 - cosine), nearest first, padded past
+    the count; a tree that is one leaf gives that leaf and its distance."""
+    from plugin.router import kernels
+
+    s, vecs = filled
+    r = Router.build(s, k=3, l=3)
+    f = r.flat
+    Q = r.prepare_queries(vecs[[0, 77, 211]])
+    args = (*f.rows(quantized=True), f.child_offsets, f.children, f.leaf_of_node, f.metric)
+    for nprobe, s2 in ((4, 10.0), (50, 0.0), (6, 0.05)):
+        want, want_n = kernels.probe_batch(Q, *args, nprobe, s2)
+        leaves, dist, counts = kernels.probe_ranked_batch(Q, *args, nprobe, s2)
+        np.testing.assert_array_equal(counts, want_n)
+        np.testing.assert_array_equal(leaves, want)
+        for b in range(len(Q)):
+            n = counts[b]
+            nodes = [int(np.flatnonzero(f.leaf_of_node == lid)[0]) for lid in leaves[b, :n]]
+            coded = f.codes[nodes].astype(np.float64) * f.code_scale[nodes, None]
+            np.testing.assert_allclose(dist[b, :n], 1 - coded @ Q[b], atol=1e-5)
+            assert np.all(np.diff(dist[b, :n]) >= 0) and np.all(np.isinf(dist[b, n:]))
+    from plugin.router.tree import build_tree
+
+    one = build_tree(vecs[:5], k=3, l=1, metric="cosine", seed=0)[0].flatten()
+    assert one.leaf_of_node[0] >= 0  # the root is the only leaf
+    leaves, dist, counts = kernels.probe_ranked_batch(Q[:1], *one.rows(quantized=True), one.child_offsets,
+                                                      one.children, one.leaf_of_node, one.metric, 3, 0.0)
+    coded = one.codes[0].astype(np.float64) * one.code_scale[0]
+    assert counts[0] == 1 and leaves[0, 0] == one.leaf_of_node[0]
+    assert dist[0, 0] == pytest.approx(1 - coded @ Q[0], abs=1e-5)
+
+
 def _objective(r, vecs):
     """Sum over points of 1 - cos(point, centroid of its leaf)."""
     leaf = _leaf_of_all(r.store)

@@ -130,9 +130,13 @@ def test_exported_trees_predict_what_scikit_learn_predicts():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(500, T.N_FEATURES))
     y = np.sin(X[:, 0]) + X[:, 3] * (X[:, 5] > 0)
-    m = GradientBoostingRegressor(n_estimators=30, max_depth=3, learning_rate=0.1, init="zero").fit(X, y)
+    # min_samples_leaf makes some trees stop above max_depth: their leaves fill whole heap subtrees
+    m = GradientBoostingRegressor(n_estimators=30, max_depth=3, learning_rate=0.1, init="zero",
+                                  min_samples_leaf=60).fit(X, y)
+    assert min(e.tree_.n_leaves for e in m.estimators_[:, 0]) < 2 ** 3  # some tree is not complete
     f = T.forest_arrays(m)
-    got = T.forest_predict(X, f["feature"], f["threshold"], f["left"], f["right"], f["value"], f["roots"])
+    assert f["feature"].shape == (30, 7) and f["value"].shape == (30, 8)
+    got = T.forest_predict(X, f["feature"], f["threshold"], f["value"])
     np.testing.assert_allclose(got, m.predict(X), atol=1e-9)
 
 
@@ -159,9 +163,28 @@ def test_the_fused_online_kernel_chooses_what_the_calibration_curve_assumed(buil
     f = c.forest
     for target in (0.9, 0.99):
         lam = c.lam_for(target)
-        keep, predicted = T.choose_leaves(dist, sizes, counts, f["feature"], f["threshold"], f["left"], f["right"],
-                                          f["value"], f["roots"], lam)
+        keep, predicted = T.choose_leaves(dist, sizes, counts, f["feature"], f["threshold"], f["value"], lam)
         gain = c._gain(dist, sizes, counts)
         np.testing.assert_array_equal(keep, T.select_by_value(gain, sizes, counts, lam))
         np.testing.assert_allclose(predicted, np.minimum((gain * keep).sum(1), 1.0))
         assert keep.sum(1).min() >= 1 and 1 < keep.sum(1).mean() < counts.mean()
+
+
+def test_target_answers_alike_on_the_short_path_and_under_a_filter(built, monkeypatch):
+    """Mode target's plan (one leaves-only probe per query) takes the router's one-call path; under a
+    filter every point passes it takes the general one. Same hits, scores and stats (its predicted recall
+    included) either way."""
+    from plugin.store.base import Filter
+
+    r, _, queries = built
+    everyone = Filter(leaf_in=tuple(int(x) for x in r.flat.leaf_ids) + (-1,))
+    with monkeypatch.context() as m:
+        m.setattr(r, "_run_probes", lambda *a, **kw: pytest.fail("target took the general path"))
+        short = r.search_batch(queries[:8], k=5, mode="target", recall=0.95)
+    general = r.search_batch(queries[:8], k=5, mode="target", recall=0.95, filter=everyone)
+    drop = ("route_ms", "score_ms", "ms")
+    for a, b in zip(short, general):
+        assert [h.id for h in a] == [h.id for h in b]
+        np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-6)
+        assert {k: v for k, v in a.stats.items() if k not in drop} == {k: v for k, v in b.stats.items() if k not in drop}
+        assert 0 < a.stats["predicted_recall"] <= 1

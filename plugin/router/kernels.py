@@ -407,13 +407,19 @@ def row_distance(q, qq, rows, scale, sqnorm, node, metric):
 
 
 @numba.njit(cache=True)
-def probe_one(q, rows, scale, sqnorm, child_offsets, children, leaf_of_node, metric, nprobe, s2, out):
+def probe_one(q, rows, scale, sqnorm, child_offsets, children, leaf_of_node, metric, nprobe, s2, out, out_d):
     """Descend keeping the internal nodes within ``s2`` of each level's nearest internal node (the
     relaxed rule, eq. 3, applied to internal nodes only); every leaf met on the way is a candidate, and
-    the ``nprobe`` nearest candidates are written to ``out``, nearest first. Returns how many.
-    Centroids as in :func:`row_distance` (float rows, or int8 codes)."""
+    the ``nprobe`` nearest candidates are written to ``out``, nearest first, and their distances to
+    ``out_d`` unless it is empty. Returns how many. Centroids as in :func:`row_distance` (float rows, or
+    int8 codes)."""
     if leaf_of_node[0] >= 0:
         out[0] = leaf_of_node[0]
+        if out_d.shape[0] > 0:
+            qq = 0.0
+            for j in range(q.shape[0]):
+                qq += q[j] * q[j]
+            out_d[0] = row_distance(q, qq, rows, scale, sqnorm, 0, metric)
         return 1
     qq = 0.0
     for j in range(q.shape[0]):
@@ -452,6 +458,9 @@ def probe_one(q, rows, scale, sqnorm, child_offsets, children, leaf_of_node, met
     order = np.argsort(found_d[:n_found])
     for j in range(n_out):
         out[j] = found[order[j]]
+    if out_d.shape[0] > 0:
+        for j in range(n_out):
+            out_d[j] = found_d[order[j]]
     return n_out
 
 
@@ -461,10 +470,25 @@ def probe_batch(Q, rows, scale, sqnorm, child_offsets, children, leaf_of_node, m
     B = Q.shape[0]
     out = np.full((B, max(nprobe, 1)), -1, np.int64)
     counts = np.zeros(B, np.int64)
+    no_d = np.empty(0)
     for b in range(B):
         counts[b] = probe_one(Q[b], rows, scale, sqnorm, child_offsets, children, leaf_of_node, metric, nprobe,
-                              s2, out[b])
+                              s2, out[b], no_d)
     return out, counts
+
+
+@numba.njit(cache=True)
+def probe_ranked_batch(Q, rows, scale, sqnorm, child_offsets, children, leaf_of_node, metric, nprobe, s2):
+    """:func:`probe_batch` with the distances: (leaf ids (B, nprobe), distances (B, nprobe), counts (B,)),
+    nearest first, padded with -1 / inf. Mode ``target`` ranks its candidate leaves with it."""
+    B = Q.shape[0]
+    out = np.full((B, max(nprobe, 1)), -1, np.int64)
+    dist = np.full((B, max(nprobe, 1)), np.inf)
+    counts = np.zeros(B, np.int64)
+    for b in range(B):
+        counts[b] = probe_one(Q[b], rows, scale, sqnorm, child_offsets, children, leaf_of_node, metric, nprobe,
+                              s2, out[b], dist[b])
+    return out, dist, counts
 
 
 @numba.njit(cache=True, parallel=True)
@@ -473,9 +497,10 @@ def probe_batch_parallel(Q, rows, scale, sqnorm, child_offsets, children, leaf_o
     B = Q.shape[0]
     out = np.full((B, max(nprobe, 1)), -1, np.int64)
     counts = np.zeros(B, np.int64)
+    no_d = np.empty(0)
     for b in numba.prange(B):
         counts[b] = probe_one(Q[b], rows, scale, sqnorm, child_offsets, children, leaf_of_node, metric, nprobe,
-                              s2, out[b])
+                              s2, out[b], no_d)
     return out, counts
 
 

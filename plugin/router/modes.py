@@ -70,6 +70,20 @@ def as_plan(out, n_queries: int) -> Plan:
     return Plan([Probe(b, leaves=np.asarray(r)) for b, r in enumerate(out)])
 
 
+def leaf_routes(out, n_queries: int) -> tuple[list, list | None] | None:
+    """A mode's return value as (one leaf-id array per query, per-query info or None) when leaf ids are all
+    it asks to score: a tree mode's list, or a :class:`Plan` of one leaves-only probe per query, in query
+    order, with no merge, filter, own ``k`` or operand hint (mode ``target``'s). None otherwise: the
+    router takes its general path."""
+    if isinstance(out, list):
+        return out, None
+    if isinstance(out, Plan) and out.merge is None and len(out.probes) == n_queries and all(
+            p.query == b and p.leaves is not None and p.filter is None and p.k is None and p.operands is None
+            for b, p in enumerate(out.probes)):
+        return [p.leaves for p in out.probes], out.info
+    return None
+
+
 @dataclass(frozen=True)
 class Mode:
     name: str

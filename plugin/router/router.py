@@ -28,7 +28,7 @@ import numpy as np
 from plugin.errors import BadVectorError, EmptyCollectionError, RouterError
 from plugin.router import maintenance
 from plugin.router.kernels import nearest_leaf_batch, probe_batch, probe_many, unit_rows
-from plugin.router.modes import BUILTIN_MODULES, ModeContext, as_plan, get_mode, route
+from plugin.router.modes import BUILTIN_MODULES, ModeContext, as_plan, get_mode, leaf_routes, route
 from plugin.router.parts import RemoteRoute, RoutedParts, leaf_lists, route_rows
 from plugin.router.recent import RecentVectors
 from plugin.router.rwlock import RWLock
@@ -304,15 +304,18 @@ class Router:
                 return self._search_in_parts(m, ctx, Q, k, used, with_payload, t0)
             routed = m.fn(ctx, Q, **used)
             t1 = time.perf_counter()
-            if restrict is None and isinstance(routed, list):
-                # a tree mode (leaf ids per query) and nothing else to score: one store call, no Plan. At one
-                # query per call our Python is what separates router.search from the layers it calls
-                # (docs/results/anatomy-fashion-mnist.md), so this path does as little as it can.
-                ids, leaves, operands = zip(*[leaf_lists(lv, flat.leaf_sizes, UNFILED) for lv in routed])
+            simple = leaf_routes(routed, len(Q)) if restrict is None else None
+            if simple is not None:
+                # leaf ids per query (a tree mode's, or target's one probe each) and nothing else to score:
+                # one store call, no probes or groups. At one query per call our Python is what separates
+                # router.search from the layers it calls (docs/results/anatomy-fashion-mnist.md), so this
+                # path does as little as it can.
+                routes, info = simple
+                ids, leaves, operands = zip(*[leaf_lists(lv, flat.leaf_sizes, UNFILED) for lv in routes])
                 hits = self.store.search_leaves(Q, k, leaves, oversampling=self.oversampling,
                                                 with_payload=with_payload)
                 timing = _timing(t0, t1, time.perf_counter(), len(Q))
-                return _tree_results(mode, used, n, hits, ids, operands, timing)
+                return _tree_results(mode, used, n, hits, ids, operands, timing, info)
             plan = as_plan(routed, len(Q))
             probe_hits, widened = self._run_probes(Q, plan.probes, k, restrict,
                                                    with_payload or plan.merge is not None)
@@ -492,10 +495,12 @@ def _timing(t0: float, t1: float, t2: float, n_queries: int) -> dict:
 
 
 def _tree_results(mode: str, used: dict, n_points: int, hits: list, ids: list, operands: list,
-                  timing: dict) -> list:
-    """A tree mode's results with nothing else scored: per query its hits, sorted leaf ids and operands."""
-    return [SearchResult(h, _stats(mode, used, None, ops, n_points, lids, False, timing))
-            for h, lids, ops in zip(hits, ids, operands)]
+                  timing: dict, info: list | None = None) -> list:
+    """Results of leaf routes with nothing else scored: per query its hits, sorted leaf ids, operands
+    (and the mode's ``info``)."""
+    return [SearchResult(h, _stats(mode, used, None, ops, n_points, lids, False, timing,
+                                   info=None if info is None else info[b]))
+            for b, (h, lids, ops) in enumerate(zip(hits, ids, operands))]
 
 
 def _stats(mode: str, used: dict, within, operands: int, n_points: int, leaves: list, widened: bool,
