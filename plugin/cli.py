@@ -155,13 +155,14 @@ def cmd_search(args) -> int:
         if args.nprobe is not None:
             params["nprobe"] = args.nprobe
         if router is not None:
-            hits = router.search(vec, k=args.k, mode=args.mode, within=args.within, **params)
+            hits = router.search(vec, k=args.k, mode=args.mode, within=args.within, spill=args.spill, **params)
             stats = hits.stats
         else:
             from plugin.router.router import restriction
 
-            if args.mode not in ("exact", "auto"):
-                raise HSearchError(f"mode '{args.mode}' needs a router: run `hsearch build` first")
+            if args.mode not in ("exact", "auto") or args.spill:
+                raise HSearchError(f"mode '{args.mode}'{' with --spill' if args.spill else ''} needs a router: "
+                                   "run `hsearch build` first")
             hits = store.search(vec, k=args.k, exact=True, filter=restriction(args.within))
             stats = {"mode": "exact (no router built)", "within": args.within}
     print(f"query: {qsource}" + (f"  [{qlabel}]" if qlabel else ""))
@@ -186,7 +187,7 @@ def cmd_build(args) -> int:
             return 0
         router = Router.build(store, k="auto" if args.shape == "auto" else args.branching, l=args.levels,
                               max_leaf_size=args.max_leaf_size, min_leaf_size=args.min_leaf_size, seed=args.seed,
-                              shape_recall=args.shape_recall,
+                              shape_recall=args.shape_recall, spill=args.spill,
                               **({} if args.refine is None else {"refine": args.refine}))
         shape = router.build_stats.pop("shape", None)
         print(json.dumps({**router.describe(), **{k: round(v, 2) for k, v in router.build_stats.items()},
@@ -408,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "giving the query's class probabilities over the collection's classes")
     p.add_argument("--within", action="append", default=None, metavar="WNID",
                    help="only images under this WordNet synset, e.g. n03380867 (footwear); repeat for several")
+    p.add_argument("--spill", action="store_true",
+                   help="score the routed leaves' spilled points too (a router built with --spill; high recall)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("build", help="build the hierarchical k-means router over a collection")
@@ -423,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine", type=int, default=None, help="flat Lloyd iterations over the leaves after the "
                    "top-down build (default 4, plugin.router.router.REFINE_ITERS; 0: the paper's tree as built)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--spill", action="store_true", help="also file every point under a second leaf (SOAR), "
+                   "for `search --spill` (plugin/router/spill.py)")
     p.add_argument("--if-missing", action="store_true", help="do nothing if a router is already built")
     p.set_defaults(func=cmd_build)
 

@@ -140,14 +140,15 @@ def test_bench_hkm_writes_records(capsys, tmp_path, monkeypatch):
 
     def build(cls, store, *a, **kw):
         router = real_build(cls, store, *a, **kw)
-        ids, _, pls = store.all_vectors(payload_fields=["leaf"])
+        ids, _, pls = store.all_vectors(payload_fields=["leaf", "spill"])
         seen["leaf"] = np.array([p["leaf"] for p in pls])[np.argsort(ids)]  # leaf of point id i
+        seen["spill"] = np.array([p.get("spill", -2) for p in pls])[np.argsort(ids)]  # its second leaf
         return router
 
     def timed(fn, queries):
         out, ms = real_timed(fn, queries)
         seen["results"].append(out)
-        seen["leaf_of"].append(seen.get("leaf"))
+        seen["leaf_of"].append((seen.get("leaf"), seen.get("spill")))
         return out, ms
 
     monkeypatch.setattr(hkm, "load_dataset", load)
@@ -179,17 +180,21 @@ def test_bench_hkm_writes_records(capsys, tmp_path, monkeypatch):
     truth = [set(np.argsort(-c, kind="stable")[:10].tolist()) for c in cos]
     assert [set(ids) for ids in seen["results"][0]] == truth  # the engine's exact baseline is the true top-10
     recalls, int8_found = [], []
-    for rec, res, leaf in zip(searches, seen["results"], seen["leaf_of"]):
+    assert any(r.get("spill") for r in router)  # rows scoring the spilled points too
+    for rec, res, (leaf, spill) in zip(searches, seen["results"], seen["leaf_of"]):
         if rec["method"] != "hkm-router":
             continue
         ids = [[h.id for h in r] for r in res]
         mine = float(np.mean([len(set(i[:10]) & t) / 10 for i, t in zip(ids, truth)]))
         assert rec["recall_at_10"] == pytest.approx(mine, abs=1e-12), rec
         for q, r in enumerate(res):
-            scored = np.flatnonzero(np.isin(leaf, r.stats["leaves"]))
+            on_leaf = np.isin(leaf, r.stats["leaves"])
+            assert r.stats["spill"] == bool(rec.get("spill"))
+            # a spill row scores the points whose leaf or spill is routed; operands count the first kind
+            scored = np.flatnonzero(on_leaf | np.isin(spill, r.stats["leaves"]) if rec.get("spill") else on_leaf)
             if not r.stats["leaves"]:  # a mode that does not route scores every point
                 scored = np.arange(len(leaf))
-            assert r.stats["operands"] == len(scored)
+            assert r.stats["operands"] == (int(on_leaf.sum()) if r.stats["leaves"] else len(leaf))
             want = scored[np.argsort(-cos[q, scored], kind="stable")[:10]]
             assert set(ids[q]) <= set(scored.tolist())
             if rec["oversampling"] is None:  # float scoring: exactly the top-10 of the scored points
@@ -213,3 +218,19 @@ def test_info_plots_the_router_tree(capsys, store_dir, tmp_path):
     assert run(capsys, "build", "--store", store_dir, "--collection", "fm", "-k", "3", "-l", "2")[0] == 0
     code, out, _ = run(capsys, "info", "--store", store_dir, "--collection", "fm", "--plot-tree", str(tmp_path / "t.png"))
     assert code == 0 and (tmp_path / "t.png").stat().st_size > 5_000
+
+
+def test_build_and_search_with_spill(capsys, store_dir):
+    """`build --spill` files second leaves, `search --spill` scores them; asked of a router built
+    without, `--spill` is refused (exit 2)."""
+    assert run(capsys, "ingest", "fashion-mnist:test", "--limit", "120", "--store", store_dir,
+               "--collection", "fm", "-q")[0] == 0
+    assert run(capsys, "build", "--store", store_dir, "--collection", "fm", "-k", "3", "-l", "2")[0] == 0
+    argv = ("search", "--store", store_dir, "--collection", "fm", "--sample", "fashion-mnist:train:0", "-k", "3",
+            "--mode", "probe", "--nprobe", "1", "--spill")
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "built with spill=True" in err
+    code, out, _ = run(capsys, "build", "--store", store_dir, "--collection", "fm", "-k", "3", "-l", "2", "--spill")
+    assert code == 0 and '"spill": true' in out
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and '"spill": true' in out and '"n_leaves": 1' in out

@@ -55,6 +55,10 @@ HNSW_EF = (8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 36, 40, 44, 48, 56
 #: Probe grid: leaves scored x the band on internal nodes (PROBE_S2 bounds routing work; 0.07 for 0.99).
 PROBE_NPROBE = (8, 12, 16, 20, 24, 26, 28, 30, 32, 36, 40, 48, 56, 64, 72, 80, 96, 128)
 PROBE_S2 = (0.05, 0.06, 0.07)
+#: Probe rows that also score the routed leaves' spilled points (``router.search(..., spill=True)``;
+#: every tree is built with ``spill=True``): the bands for high recall, where spilling pays
+#: (docs/results/spill-fashion-mnist.md: nothing at 0.95, 0.62x the points at 0.99).
+SPILL_S2 = (0.06, 0.07)
 TARGETS = (0.95, 0.99)
 BATCHES = (100, 1000)
 #: Ingest trials per scenario, interleaved router / HNSW, each from a copy of the same starting
@@ -267,7 +271,8 @@ def run(dataset: str, encoder_name: str = "mobilenet_v2", device: str = "auto", 
 
 def _router_rows(b: Bench, trees, workdir: Path, dim: int) -> dict:
     """Every tree (each on its own copy of the collection, so every router stays valid for the later
-    sections): intensive, auto, the relaxed sweep and the probe grid, in the routed layout (int8 copy
+    sections, and built with ``spill=True``): intensive, auto, the relaxed sweep, the probe grid, and
+    probe with the spill at the high-recall bands (``SPILL_S2``), in the routed layout (int8 copy
     rescored). The first tree is also scored in the plain layout and with floats (the levers section).
     Hits are timed without payloads (``with_payload=False``), as faiss returns ids and the engine's HNSW
     rows are timed the same way; a payload read adds one ``retrieve`` of the 10 hits."""
@@ -281,7 +286,7 @@ def _router_rows(b: Bench, trees, workdir: Path, dim: int) -> dict:
         store = EdgeStore(workdir / f"tree-{k}x{l}", dim=dim)
         store.upsert(np.arange(b.n_db), b.dbv, [{"label": int(x), "leaf": -1} for x in b.dbl])
         levers = ti == 0
-        router = Router.build(store, k=k, l=l, relayout=not levers, max_leaf_size=b.max_leaf)
+        router = Router.build(store, k=k, l=l, relayout=not levers, max_leaf_size=b.max_leaf, spill=True)
         if levers:
             _lever_rows(b, router, store, k, l)
         routers[(k, l)] = router
@@ -289,20 +294,24 @@ def _router_rows(b: Bench, trees, workdir: Path, dim: int) -> dict:
         b.log(f"# tree k={k} l={l}: {desc['leaves']} leaves, sizes {desc['leaf_size_min']}-{desc['leaf_size_max']}, "
               f"build {router.build_stats['total_s']:.1f}s, routed layout {store.routed_layout}")
         configs = [("intensive", {}), ("auto", {})] + [("relaxed", {"s2": s}) for s in RELAXED_S2] + \
-            [("probe", {"nprobe": n, "s2": s}) for s in PROBE_S2 for n in PROBE_NPROBE]
+            [("probe", {"nprobe": n, "s2": s}) for s in PROBE_S2 for n in PROBE_NPROBE] + \
+            [("probe", {"nprobe": n, "s2": s, "spill": True}) for s in SPILL_S2 for n in PROBE_NPROBE]
         done = set()
         for mode, params in configs:
-            if (mode, params.get("s2") if mode == "probe" else None) in done:
+            series = (mode, params.get("s2") if mode == "probe" else None, params.get("spill", False))
+            if series in done:
                 continue
             rec = _router_row(b, router, "search", mode, params, k=k, l=l, n_leaves=desc["leaves"],
                               build_s=router.build_stats["total_s"], refine=router.meta.get("refine"))
             if mode in ("relaxed", "probe") and rec["recall_at_10"] >= 0.9995:
-                done.add((mode, params.get("s2") if mode == "probe" else None))
+                done.add(series)
     return routers
 
 
 def _router_row(b: Bench, router, section: str, mode: str, params: dict, **extra) -> dict:
     res, ms = _timed_search(lambda q: router.search(q, k=10, mode=mode, with_payload=False, **params), b.qv)
+    if params.get("spill"):
+        extra["spill"] = True  # operands: the routed leaves' own points; their spilled points come on top
     return b.add(section, "hkm-router", mode, _ids(res), ms, [r.stats["operands"] for r in res],
                  float(np.mean([r.stats["route_ms"] for r in res])), s2=params.get("s2"),
                  nprobe=params.get("nprobe"), leaves_mean=float(np.mean([len(r.stats["leaves"]) for r in res])),
@@ -532,10 +541,11 @@ def _batch_rows(b: Bench, routers: dict, workdir: Path) -> None:
 
 
 def _router_params(rec: dict) -> dict:
-    """A router search record's mode parameters, as ``router.search`` takes them."""
-    return {"recall": rec["target_recall"]} if rec["mode"] == "target" else \
+    """A router search record's mode parameters (and ``spill``), as ``router.search`` takes them."""
+    params = {"recall": rec["target_recall"]} if rec["mode"] == "target" else \
         {"s2": rec["s2"]} if rec["mode"] == "relaxed" else \
         {"nprobe": rec["nprobe"], "s2": rec["s2"]} if rec["mode"] == "probe" else {}
+    return {**params, "spill": True} if rec.get("spill") else params
 
 
 def _summary_section(records) -> str:
@@ -591,6 +601,7 @@ def _config(r: dict) -> str:
         p = f" nprobe={r['nprobe']}" if r.get("nprobe") is not None else ""
         p += f" s2={r['s2']:g}" if r.get("s2") is not None else ""
         p += f" recall={r['target_recall']:g}" if r.get("target_recall") is not None else ""
+        p += " +spill" if r.get("spill") else ""
         return f"{r['k']}x{r['l']} {r['mode']}{p}"
     return r["mode"]
 
@@ -788,7 +799,8 @@ def _mode_label(r: dict) -> str:
     if r.get("target_recall") is not None:
         return f"target {r['target_recall']:g}"
     if r["method"] == "hkm-router" and r.get("nprobe") is not None:
-        return f"probe nprobe={r['nprobe']}" + (f" [{r['layout']}]" if r.get("layout") else "")
+        return f"probe nprobe={r['nprobe']}" + (" +spill" if r.get("spill") else "") + \
+            (f" [{r['layout']}]" if r.get("layout") else "")
     if r.get("layout"):
         return f"{r['mode']} [{r['layout']}]"
     return r["mode"]
@@ -1005,7 +1017,8 @@ def plot(records: list[dict], path: str, title: str) -> None:
     for r in search:
         if r["method"] == "hkm-router":
             if r["mode"] == "probe":
-                lines.setdefault(f"router {r['k']}x{r['l']} probe s2={r['s2']:g} (nprobe sweep)", []).append(r)
+                spill = " +spill" if r.get("spill") else ""
+                lines.setdefault(f"router {r['k']}x{r['l']} probe s2={r['s2']:g}{spill} (nprobe sweep)", []).append(r)
                 continue
             if r["mode"] != "relaxed":
                 marker = {"intensive": "s", "auto": "^", "target": "P"}[r["mode"]]
@@ -1024,7 +1037,8 @@ def plot(records: list[dict], path: str, title: str) -> None:
     others = iter(f"C{i}" for i in range(len(trees), 30))
     for key, rs in sorted(lines.items()):
         rs = sorted(rs, key=lambda r: r.get("nprobe") or r.get("s2") or r.get("hnsw_ef") or 0)  # along the knob
-        style = ("x-." if "probe" in key else "o-") if key.startswith("router") else ("d--" if "IVF" in key else "v:")
+        style = ("+--" if "spill" in key else "x-." if "probe" in key else "o-") if key.startswith("router") \
+            else ("d--" if "IVF" in key else "v:")
         color = tree_color[(rs[0]["k"], rs[0]["l"])] if key.startswith("router") else next(others)
         ax.plot([r["ms_per_query"] for r in rs], [r["recall_at_10"] for r in rs], style, label=key, ms=4,
                 color=color, lw=2 if key.startswith("router") else 1)

@@ -33,7 +33,7 @@ from plugin.router.parts import RemoteRoute, RoutedParts, leaf_lists, route_rows
 from plugin.router.recent import RecentVectors
 from plugin.router.rwlock import RWLock
 from plugin.router.state import commit_staged, load_committed, save_state, staged_path, state_path
-from plugin.router.tree import Tree, build_tree, check_build_params
+from plugin.router.tree import METRICS, Tree, build_tree, check_build_params
 from plugin.store.base import Filter, check_vectors
 
 STORE_METRIC = {"cosine": "cosine", "euclid": "l2", "dot": "dot"}
@@ -83,7 +83,7 @@ class Router:
     def build(cls, store, k: int | str = 3, l: int = 4, metric: str | None = None, max_leaf_size: int | None = None,
               min_leaf_size: int | None = None, split_bound: int | None = None, merge_bound: int | None = None,
               seed: int = 0, save: bool = True, relayout: bool = True, shape_recall: float = 0.95,
-              refine: int = REFINE_ITERS) -> "Router":
+              refine: int = REFINE_ITERS, spill: bool = False) -> "Router":
         """Cluster every point of ``store`` into a k-means tree and write each point's ``leaf`` payload.
 
         Crash-safe: the new state is staged (``router.next.npz``) while the old ``router.npz`` stays;
@@ -98,6 +98,10 @@ class Router:
 
         ``refine``: flat Lloyd iterations over all leaves after the top-down build
         (:func:`plugin.router.tree.refine_leaves`; 0 keeps the paper's tree as built).
+
+        ``spill``: also file every point under a second leaf (SOAR's rule) in an integer ``spill``
+        payload, so that ``search(..., spill=True)`` can score the routed leaves' spilled points too
+        (:mod:`plugin.router.spill`: what it buys, and why spills may go stale but never wrong).
 
         ``k="auto"``: ``k``, ``l`` (and ``max_leaf_size``, unless given) are chosen by
         :func:`plugin.router.shape.choose_shape` for the lowest predicted query time at mean recall@10
@@ -138,7 +142,7 @@ class Router:
                 "k": k, "l": l, "refine": int(refine), "max_leaf_size": max_leaf_size, "min_leaf_size": min_leaf_size, "seed": seed,
                 "split_bound": int(split_bound or max_leaf_size or max(2 * mean, 1.25 * sizes.max(), 2 * k)),
                 "merge_bound": int(merge_bound or min_leaf_size or max(1, mean // 8)),
-                "built": time.strftime("%Y-%m-%dT%H:%M:%S"), "n_points_built": n}
+                "built": time.strftime("%Y-%m-%dT%H:%M:%S"), "n_points_built": n, "spill": bool(spill)}
         if shape is not None:
             meta["shape"] = {**shape["chosen"], "recall_target": shape_recall}
         if meta["merge_bound"] * 2 > meta["split_bound"]:
@@ -153,6 +157,8 @@ class Router:
         bounds = np.flatnonzero(np.diff(assign[order])) + 1
         for grp in np.split(order, bounds):
             store.set_payload(ids[grp], {"leaf": int(assign[grp[0]])})
+        if spill:  # before the relayout, which carries every payload into the new layout
+            _write_spills(store, router.flat, ids, vecs, assign)
         store.flush()
         t2 = time.perf_counter()
         if relayout:  # leaf-contiguous storage: routed searches read each leaf sequentially
@@ -252,16 +258,18 @@ class Router:
         return route(self.flat, self.prepare_queries(vecs), mode, params)[0]
 
     def search(self, vec, k: int = 10, mode: str = "auto", within=None, filter: Filter | None = None,
-               probs=None, classes=None, with_payload: bool = True, **params) -> SearchResult:
+               probs=None, classes=None, with_payload: bool = True, spill: bool = False,
+               **params) -> SearchResult:
         q = np.asarray(vec)
         if q.ndim != 1:
             raise RouterError(f"search takes one vector (use search_batch for several), got shape {q.shape}")
         p = None if probs is None else np.asarray(probs)[None]
         return self.search_batch(q[None], k, mode, within=within, filter=filter, probs=p, classes=classes,
-                                 with_payload=with_payload, **params)[0]
+                                 with_payload=with_payload, spill=spill, **params)[0]
 
     def search_batch(self, vecs, k: int = 10, mode: str = "auto", within=None, filter: Filter | None = None,
-                     probs=None, classes=None, with_payload: bool = True, **params) -> list[SearchResult]:
+                     probs=None, classes=None, with_payload: bool = True, spill: bool = False,
+                     **params) -> list[SearchResult]:
         """Top-``k`` per query under a search mode, optionally restricted to WordNet subtrees.
 
         ``within``: a wnid or a list of wnids; only points whose ``synsets`` payload holds one of them
@@ -279,9 +287,18 @@ class Router:
 
         ``with_payload=False``: hits carry ids and scores only, which saves the payload read (one
         ``retrieve`` of the hits, ~0.03 ms a query). Modes that merge sub-searches read payloads anyway.
+
+        ``spill=True`` (a router built with ``spill=True``): the routed leaves' spilled points are scored
+        too (:mod:`plugin.router.spill`), in every mode that routes; worth it for high recall only.
+        ``stats["operands"]`` still counts the points filed under the routed leaves. Under a restriction
+        whose own filter names leaves, the two leaf lists intersect on ``leaf`` alone.
         """
         m = get_mode(mode)
         used = m.resolve(params)
+        spill = bool(spill)
+        if spill and not self.meta.get("spill"):
+            raise RouterError("spill=True needs a router built with spill=True (`hsearch build --spill`): this "
+                              "one files each point under one leaf")
         restrict = restriction(within, filter)
         Q = self.prepare_queries(vecs)
         if k < 1:
@@ -301,7 +318,7 @@ class Router:
                               one_thread=shared)
             if shared and m.rowwise and restrict is None and probs is None:
                 # scored in chunks shared with read replicas: each chunk is routed when the store takes it
-                return self._search_in_parts(m, ctx, Q, k, used, with_payload, t0)
+                return self._search_in_parts(m, ctx, Q, k, used, with_payload, t0, spill)
             routed = m.fn(ctx, Q, **used)
             t1 = time.perf_counter()
             simple = leaf_routes(routed, len(Q)) if restrict is None else None
@@ -313,12 +330,12 @@ class Router:
                 routes, info = simple
                 ids, leaves, operands = zip(*[leaf_lists(lv, flat.leaf_sizes, UNFILED) for lv in routes])
                 hits = self.store.search_leaves(Q, k, leaves, oversampling=self.oversampling,
-                                                with_payload=with_payload)
+                                                with_payload=with_payload, spill=spill)
                 timing = _timing(t0, t1, time.perf_counter(), len(Q))
-                return _tree_results(mode, used, n, hits, ids, operands, timing, info)
+                return _tree_results(mode, used, n, hits, ids, operands, timing, info, spill)
             plan = as_plan(routed, len(Q))
             probe_hits, widened = self._run_probes(Q, plan.probes, k, restrict,
-                                                   with_payload or plan.merge is not None)
+                                                   with_payload or plan.merge is not None, spill)
             t2 = time.perf_counter()
         B = len(Q)
         timing = _timing(t0, t1, t2, B)
@@ -345,23 +362,26 @@ class Router:
             out.append(SearchResult(hits, _stats(mode, used, _as_list(within), operands, n, leaves,
                                                  any(widened[i] for i in mine), timing,
                                                  n_leaves=flat.n_leaves if everything else None,
-                                                 info=plan.info[b] if plan.info else None)))
+                                                 info=plan.info[b] if plan.info else None, spill=spill)))
         return out
 
-    def _search_in_parts(self, m, ctx, Q, k: int, used: dict, with_payload: bool, t0: float) -> list:
+    def _search_in_parts(self, m, ctx, Q, k: int, used: dict, with_payload: bool, t0: float,
+                         spill: bool = False) -> list:
         """A tree mode's batch routed a part at a time as the store's chunks take it
         (:mod:`plugin.router.parts`); the same hits and stats as routing it whole."""
         flat = ctx.flat
         remote = RemoteRoute(flat, route_rows, (m.name, used, UNFILED)) if m.fn.__module__ in BUILTIN_MODULES \
             else None
         parts = RoutedParts(lambda a, b: m.fn(ctx, Q[a:b], **used), len(Q), flat.leaf_sizes, UNFILED, remote)
-        hits = self.store.search_leaves(Q, k, parts, oversampling=self.oversampling, with_payload=with_payload)
+        hits = self.store.search_leaves(Q, k, parts, oversampling=self.oversampling, with_payload=with_payload,
+                                        spill=spill)
         parts.fill()  # every row, should a store have left one unsliced
         t2 = time.perf_counter()  # route_ms: every process's routing (a replica's included), score_ms the rest
         timing = _timing(t0, min(t0 + parts.seconds, t2), t2, len(Q))
-        return _tree_results(m.name, used, flat.n_points, hits, parts.ids, parts.operands, timing)
+        return _tree_results(m.name, used, flat.n_points, hits, parts.ids, parts.operands, timing, spill=spill)
 
-    def _run_probes(self, Q, probes, k: int, restrict, with_payload: bool = True) -> tuple[list, list[bool]]:
+    def _run_probes(self, Q, probes, k: int, restrict, with_payload: bool = True,
+                    spill: bool = False) -> tuple[list, list[bool]]:
         """Score every probe (one store batch per distinct k and kind: routed probes score the int8 copy
         with ``self.oversampling``, the others floats); re-score restricted probes that came back short
         without their leaf routing."""
@@ -379,10 +399,12 @@ class Router:
             Qg = Q if len(rows) == len(Q) and rows == list(range(len(Q))) else Q[rows]
             if kind == "leaves":
                 res = self.store.search_leaves(Qg, kk, [np.append(probes[i].leaves, UNFILED) for i in idx],
-                                               oversampling=self.oversampling, with_payload=with_payload)
+                                               oversampling=self.oversampling, with_payload=with_payload,
+                                               spill=spill)
             else:
                 fs = [filters[i] if kind == "unrouted" else
-                      _and(Filter(leaf_in=tuple(probes[i].leaves.tolist()) + (UNFILED,)), filters[i]) for i in idx]
+                      _and(Filter(leaf_in=tuple(probes[i].leaves.tolist()) + (UNFILED,), spill=spill), filters[i])
+                      for i in idx]
                 res = self.store.search_batch(Qg, kk, filter=fs, exact=True, with_payload=with_payload,
                                               oversampling=self.oversampling if kind == "filtered" else None)
             for i, h in zip(idx, res):
@@ -485,7 +507,7 @@ class Router:
                 "depth_min": int(depths.min(initial=0) if len(depths) else 0),
                 "depth_max": int(depths.max(initial=0)),
                 "split_bound": self.meta["split_bound"], "merge_bound": self.meta["merge_bound"],
-                "built": self.meta["built"]}
+                "spill": bool(self.meta.get("spill")), "built": self.meta["built"]}
 
 
 def _timing(t0: float, t1: float, t2: float, n_queries: int) -> dict:
@@ -495,20 +517,36 @@ def _timing(t0: float, t1: float, t2: float, n_queries: int) -> dict:
 
 
 def _tree_results(mode: str, used: dict, n_points: int, hits: list, ids: list, operands: list,
-                  timing: dict, info: list | None = None) -> list:
+                  timing: dict, info: list | None = None, spill: bool = False) -> list:
     """Results of leaf routes with nothing else scored: per query its hits, sorted leaf ids, operands
     (and the mode's ``info``)."""
     return [SearchResult(h, _stats(mode, used, None, ops, n_points, lids, False, timing,
-                                   info=None if info is None else info[b]))
+                                   info=None if info is None else info[b], spill=spill))
             for b, (h, lids, ops) in enumerate(zip(hits, ids, operands))]
 
 
 def _stats(mode: str, used: dict, within, operands: int, n_points: int, leaves: list, widened: bool,
-           timing: dict, n_leaves: int | None = None, info: dict | None = None) -> dict:
+           timing: dict, n_leaves: int | None = None, info: dict | None = None, spill: bool = False) -> dict:
     """A result's ``stats``, the same keys on every path; ``n_leaves`` defaults to ``len(leaves)``."""
     return {"mode": mode, **used, "within": within, "operands": operands,
             "operands_frac": operands / max(n_points, 1), "n_leaves": len(leaves) if n_leaves is None else n_leaves,
-            "leaves": leaves, "widened": widened, **(info or {}), **timing}
+            "leaves": leaves, "widened": widened, "spill": spill, **(info or {}), **timing}
+
+
+def _write_spills(store, flat, ids: np.ndarray, vecs: np.ndarray, assign: np.ndarray) -> None:
+    """Each point's SOAR second leaf as its ``spill`` payload (indexed), one ``set_payload`` per value."""
+    from plugin.router.spill import SPILL_FIELD, spill_leaves
+
+    store.create_payload_index(SPILL_FIELD, "integer")
+    X = vecs
+    if flat.metric == METRICS["cosine"]:
+        X = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+    second = spill_leaves(flat, X, assign)
+    order = np.argsort(second, kind="stable")
+    bounds = np.flatnonzero(np.diff(second[order])) + 1
+    for grp in np.split(order, bounds):
+        if len(grp) and second[grp[0]] >= 0:
+            store.set_payload(ids[grp], {SPILL_FIELD: int(second[grp[0]])})
 
 
 def _as_list(within) -> list[str] | None:

@@ -33,12 +33,15 @@ class Filter:
     point's ``synsets`` array holds at least one wnid of *every* group (an AND of ORs, so ``within=``
     a subtree and a search mode's own synsets restrict together); an empty group matches nothing.
     ``match``: exact equality on other payload fields. All given conditions must hold (AND).
+    ``spill``: with ``leaf_in``, a point also passes when its ``spill`` payload (its second leaf,
+    :mod:`plugin.router.spill`) is one of ``leaf_in``.
     Build one with :meth:`of`; combine two with :meth:`both`.
     """
 
     leaf_in: tuple[int, ...] | None = None
     synsets_all: tuple[tuple[str, ...], ...] = ()
     match: tuple[tuple[str, Any], ...] = ()
+    spill: bool = False
 
     @staticmethod
     def of(leaf_in=None, synsets_any=None, synsets_all=(), **match) -> "Filter":
@@ -53,16 +56,20 @@ class Filter:
 
     @staticmethod
     def both(a: "Filter | None", b: "Filter | None") -> "Filter | None":
-        """``a`` AND ``b``: ``leaf_in`` lists intersect, synset groups and ``match`` conditions add up."""
+        """``a`` AND ``b``: ``leaf_in`` lists intersect, synset groups and ``match`` conditions add up.
+        Two leaf lists intersect on ``leaf`` alone: the result keeps ``spill`` only if both ask for it
+        (it may then miss a spilled point the AND would take, never take one it would not)."""
         if a is None or b is None:
             return a if b is None else b
         if a.leaf_in is None or b.leaf_in is None:
             leaf_in = a.leaf_in if b.leaf_in is None else b.leaf_in
+            spill = a.spill if b.leaf_in is None else b.spill
         else:
             keep = set(b.leaf_in)
             leaf_in = tuple(x for x in a.leaf_in if x in keep)
+            spill = a.spill and b.spill
         return Filter(leaf_in=leaf_in, synsets_all=_minimal_groups(a.synsets_all + b.synsets_all),
-                      match=tuple(sorted(set(a.match) | set(b.match))))
+                      match=tuple(sorted(set(a.match) | set(b.match))), spill=spill and leaf_in is not None)
 
 
 def _wnid_group(wnids) -> tuple[str, ...]:
@@ -150,6 +157,15 @@ def check_payloads(payloads, n: int) -> list[dict]:
     return list(payloads)
 
 
+def leaf_condition(m, leaves: list, spill: bool = False):
+    """``leaf`` is one of ``leaves`` (a list of ints), or with ``spill`` ``leaf`` or ``spill`` is: the
+    router's partition condition in a Qdrant API's terms (``m``: qdrant-edge or ``qdrant_client.models``)."""
+    on_leaf = m.FieldCondition(key="leaf", match=m.MatchAny(any=leaves))
+    if not spill:
+        return on_leaf
+    return m.Filter(should=[on_leaf, m.FieldCondition(key="spill", match=m.MatchAny(any=leaves))])
+
+
 def translate_filter(m, f: Filter | None):
     """Our :class:`Filter` in a Qdrant API's terms. qdrant-edge and ``qdrant_client.models`` name the
     classes and fields alike (``Filter(must=...)``, ``FieldCondition(key, match)``, ``MatchAny``,
@@ -158,7 +174,7 @@ def translate_filter(m, f: Filter | None):
         return None
     must = []
     if f.leaf_in is not None:
-        must.append(m.FieldCondition(key="leaf", match=m.MatchAny(any=[int(x) for x in f.leaf_in])))
+        must.append(leaf_condition(m, [int(x) for x in f.leaf_in], f.spill))
     for group in f.synsets_all:  # one condition per group: must = AND, MatchAny = OR
         must.append(m.FieldCondition(key="synsets", match=m.MatchAny(any=[str(x) for x in group])))
     for key, value in f.match:
@@ -229,14 +245,15 @@ class Store(abc.ABC):
         return out
 
     def search_leaves(self, vectors, k: int, leaves: Sequence[np.ndarray], oversampling: float | None = None,
-                      with_payload: bool = True) -> list[list[Hit]]:
+                      with_payload: bool = True, spill: bool = False) -> list[list[Hit]]:
         """Top-``k`` per query among the points whose ``leaf`` payload is one of that query's ``leaves``:
         the router's scoring step, ``search_batch(vectors, k, [Filter(leaf_in=l) ...], exact=True,
         oversampling=...)`` without our :class:`Filter` in between. ``vectors`` must already be a
         float32 (N, dim) array of finite rows (the router's ``prepare_queries`` checked them); only
         the shape is checked again. Backends build the engine's leaf condition directly
         (:meth:`_search_leaves`), which at one routed query per call is the part of the call that is
-        ours rather than the engine's (see ``docs/results/anatomy-fashion-mnist.md``)."""
+        ours rather than the engine's (see ``docs/results/anatomy-fashion-mnist.md``). ``spill``: points
+        whose ``spill`` payload is one of the leaves count too (``Filter.spill``)."""
         vecs = vectors if isinstance(vectors, np.ndarray) and vectors.dtype == np.float32 and vectors.ndim == 2 \
             else check_vectors(vectors, self.dim)
         if vecs.shape[1] != self.dim:
@@ -250,7 +267,8 @@ class Store(abc.ABC):
         if len(vecs) == 0:
             return []
         out = self._search_leaves(np.ascontiguousarray(vecs), int(k), leaves, with_payload,
-                                  float(oversampling) if oversampling is not None and self.routed_layout else None)
+                                  float(oversampling) if oversampling is not None and self.routed_layout else None,
+                                  bool(spill))
         if not any(out) and self.count() == 0:
             raise EmptyCollectionError(f"collection '{self.name}' is empty: ingest images first")
         return out
@@ -262,9 +280,9 @@ class Store(abc.ABC):
         return False
 
     def _search_leaves(self, vectors: np.ndarray, k: int, leaves, with_payload: bool,
-                       oversampling: float | None) -> list[list[Hit]]:
+                       oversampling: float | None, spill: bool = False) -> list[list[Hit]]:
         """Through :meth:`_search_batch` and our filter; a backend may build its leaf condition directly."""
-        filters = [Filter(leaf_in=tuple(int(x) for x in np.asarray(l).ravel())) for l in leaves]
+        filters = [Filter(leaf_in=tuple(int(x) for x in np.asarray(l).ravel()), spill=spill) for l in leaves]
         return self._search_batch(vectors, k, filters, True, None, with_payload, oversampling)
 
     def retrieve(self, ids, with_vectors: bool = False) -> list[Record]:

@@ -27,7 +27,7 @@ import numpy as np
 from plugin.errors import CollectionExistsError, CollectionNotFoundError, HSearchError, StoreLockedError
 from plugin.fsutil import atomic_write_bytes, fsync_dir, fsync_tree
 from plugin.store import replicas
-from plugin.store.base import DISTANCES, Filter, Hit, NoFacetIndex, Store, to_record, translate_filter
+from plugin.store.base import DISTANCES, Filter, Hit, NoFacetIndex, Store, leaf_condition, to_record, translate_filter
 
 META_FILE = "collection.json"
 #: Segments above this size (KB) are optimized (co-located by the principal field, quantized) by
@@ -380,19 +380,23 @@ class EdgeStore(Store):
             self._params(exact=bool(exact), hnsw_ef=hnsw_ef)
         return self._query(vectors, k, [_edge_filter(_qe(), f) for f in filters], params)
 
-    def _search_leaves(self, vectors, k, leaves, with_payload, oversampling):
+    def _search_leaves(self, vectors, k, leaves, with_payload, oversampling, spill=False):
         if self.scores_on_replicas(len(vectors)):
-            return self._replicas.search("leaves", vectors, k, leaves, (oversampling,), with_payload)
-        out = self._leaves_here(vectors, k, leaves, oversampling)
+            return self._replicas.search("leaves", vectors, k, leaves, (oversampling, spill), with_payload)
+        out = self._leaves_here(vectors, k, leaves, oversampling, spill)
         return self.attach_payloads(out) if with_payload else out
 
-    def _leaves_here(self, vectors, k, leaves, oversampling):
-        """The leaf condition built straight in the engine's terms (one ``MatchAny`` on ``leaf``); hits
-        without payloads, scored by this process."""
+    def _leaves_here(self, vectors, k, leaves, oversampling, spill=False):
+        """The leaf condition built straight in the engine's terms (one ``MatchAny`` on ``leaf``; with
+        ``spill``, ``leaf`` or ``spill``); hits without payloads, scored by this process."""
         qe = _qe()
         params = self._params(oversampling=oversampling) if oversampling is not None else self._params(exact=True)
-        filters = [qe.Filter(must=[qe.FieldCondition(key="leaf", match=qe.MatchAny(
-            any=l if type(l) is list else np.asarray(l, np.int64).tolist()))]) for l in leaves]
+        if spill:
+            filters = [qe.Filter(must=[leaf_condition(qe, l if type(l) is list else np.asarray(l, np.int64).tolist(),
+                                                      True)]) for l in leaves]
+        else:
+            filters = [qe.Filter(must=[qe.FieldCondition(key="leaf", match=qe.MatchAny(
+                any=l if type(l) is list else np.asarray(l, np.int64).tolist()))]) for l in leaves]
         return self._query(vectors, k, filters, params)
 
     def _params(self, exact: bool = False, hnsw_ef: int | None = None, oversampling: float | None = None):

@@ -103,8 +103,8 @@ def _worker(conn) -> None:
 def _score(store, op: str, args: tuple):
     """One part of a batch, without payloads, through the store's own primitives."""
     if op == "leaves":
-        vectors, k, leaves, oversampling = args
-        return store._leaves_here(vectors, k, leaves, oversampling)
+        vectors, k, leaves, oversampling, spill = args
+        return store._leaves_here(vectors, k, leaves, oversampling, spill)
     vectors, k, filters, exact, hnsw_ef, oversampling = args
     return store._batch_here(vectors, k, filters, exact, hnsw_ef, oversampling)
 
