@@ -14,8 +14,8 @@ both, and makes one choice of its own:
    centroids) with a generous band ``s2_wide`` on internal nodes (0.07 by default, probe's setting for
    recall 0.99), keeping the ``max_candidates`` (128) nearest leaves met, nearest first, with their
    distances: one kernel call. (Format 1 routed relaxed at s2 0.12 on the float centroids and ranked
-   the leaves in a second pass: on the 60k 32x3 tree that took 0.24 ms a query against 0.06, for 99%
-   of the same candidates.)
+   the leaves in a second pass over them: two passes where this is one. The per-query routing time of
+   this mode is ``route_ms`` in ``docs/results/target-fashion-mnist.json``.)
 2. **The value of each leaf.** A gradient-boosted regressor (scikit-learn's
    ``GradientBoostingRegressor``) predicts for every (query, candidate leaf) the share of the query's
    true top-10 that lies in that leaf. Its features are known before anything is scored: the leaf's rank,
@@ -35,7 +35,9 @@ the sum of the trees) and evaluated by a numba kernel: no pickle on disk and no 
 query. Each tree is padded to a complete tree of the forest's depth and stored heap-ordered (node
 ``i``'s children at ``2i+1``, ``2i+2``), so a prediction is exactly ``depth`` steps per tree with the
 branch on the feature turned into index arithmetic: scoring every candidate of a query is most of
-this mode's routing, and the node-chasing form took 0.25 ms a query for 118 candidates x 60 trees.
+this mode's routing, where the node-chasing form walked each candidate's trees as a chain of
+dependent loads.
+
 Calibration queries are points sampled from the collection (each excluded from its own ground
 truth) or vectors the caller gives. The calibration lives in ``router.target.npz`` beside the router
 state (atomic write), keyed by ``router_id``: a rebuild invalidates it, and so does a collection that
