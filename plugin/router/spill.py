@@ -18,6 +18,10 @@ Design choices:
 * A separate field, not an array ``leaf``: ``leaf`` stays the single truth that every maintenance path
   reads and that ``Router.check`` counts; the routed layout co-locates points by ``leaf`` alone (its
   principal index), and ``spill`` has a plain integer index.
+* Its cost: the build and every ``router.add`` of a spilled router compare each point with every leaf
+  centroid (one matrix product, then SOAR's rule among the nearest), and the build writes one payload
+  update per spill value; both are several times the unspilled work (the filing descent reads a few
+  hundred centroids), which a router built without spilling never pays.
 * Spills may go stale, never wrong: leaf ids are never reused, so a ``spill`` naming a leaf that a later
   split or merge retired matches no route and only costs the point its second chance; its ``leaf``
   still finds it. ``router.add`` files a new point's spill with its leaf; splits and merges do not
