@@ -32,8 +32,9 @@ from plugin.router.modes import BUILTIN_MODULES, ModeContext, as_plan, get_mode,
 from plugin.router.parts import RemoteRoute, RoutedParts, leaf_lists, route_rows
 from plugin.router.recent import RecentVectors
 from plugin.router.rwlock import RWLock
+from plugin.router.spill import write_spills
 from plugin.router.state import commit_staged, load_committed, save_state, staged_path, state_path
-from plugin.router.tree import METRICS, Tree, build_tree, check_build_params
+from plugin.router.tree import Tree, build_tree, check_build_params
 from plugin.store.base import Filter, check_vectors
 
 STORE_METRIC = {"cosine": "cosine", "euclid": "l2", "dot": "dot"}
@@ -158,7 +159,7 @@ class Router:
         for grp in np.split(order, bounds):
             store.set_payload(ids[grp], {"leaf": int(assign[grp[0]])})
         if spill:  # before the relayout, which carries every payload into the new layout
-            _write_spills(store, router.flat, ids, vecs, assign)
+            write_spills(store, router.flat, ids, vecs, assign)
         store.flush()
         t2 = time.perf_counter()
         if relayout:  # leaf-contiguous storage: routed searches read each leaf sequentially
@@ -531,22 +532,6 @@ def _stats(mode: str, used: dict, within, operands: int, n_points: int, leaves: 
     return {"mode": mode, **used, "within": within, "operands": operands,
             "operands_frac": operands / max(n_points, 1), "n_leaves": len(leaves) if n_leaves is None else n_leaves,
             "leaves": leaves, "widened": widened, "spill": spill, **(info or {}), **timing}
-
-
-def _write_spills(store, flat, ids: np.ndarray, vecs: np.ndarray, assign: np.ndarray) -> None:
-    """Each point's SOAR second leaf as its ``spill`` payload (indexed), one ``set_payload`` per value."""
-    from plugin.router.spill import SPILL_FIELD, spill_leaves
-
-    store.create_payload_index(SPILL_FIELD, "integer")
-    X = vecs
-    if flat.metric == METRICS["cosine"]:
-        X = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-    second = spill_leaves(flat, X, assign)
-    order = np.argsort(second, kind="stable")
-    bounds = np.flatnonzero(np.diff(second[order])) + 1
-    for grp in np.split(order, bounds):
-        if len(grp) and second[grp[0]] >= 0:
-            store.set_payload(ids[grp], {SPILL_FIELD: int(second[grp[0]])})
 
 
 def _as_list(within) -> list[str] | None:

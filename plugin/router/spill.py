@@ -105,3 +105,19 @@ def spill_leaves(flat, X: np.ndarray, primary: np.ndarray) -> np.ndarray:
         return np.full(len(X), -1, np.int64)
     metric = "l2" if flat.metric == METRICS["l2"] else "cosine"  # cosine and dot: nearest by inner product
     return second_leaves(np.asarray(X, np.float32), C, live, primary, "soar", metric=metric)[0]
+
+
+def write_spills(store, flat, ids: np.ndarray, vecs: np.ndarray, primary: np.ndarray) -> None:
+    """Each point's SOAR second leaf as its ``spill`` payload (indexed), one ``set_payload`` per value:
+    what ``Router.build(spill=True)`` writes, before its relayout carries every payload along.
+    ``vecs`` as stored (made unit rows here under cosine), ``primary`` each point's leaf id."""
+    store.create_payload_index(SPILL_FIELD, "integer")
+    X = np.asarray(vecs, np.float32)
+    if flat.metric == METRICS["cosine"]:
+        X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    second = spill_leaves(flat, X, primary)
+    order = np.argsort(second, kind="stable")
+    bounds = np.flatnonzero(np.diff(second[order])) + 1
+    for grp in np.split(order, bounds):
+        if len(grp) and second[grp[0]] >= 0:
+            store.set_payload(ids[grp], {SPILL_FIELD: int(second[grp[0]])})
