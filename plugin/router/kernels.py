@@ -352,25 +352,6 @@ def nearest_leaf_batch(Q, centroids, child_offsets, children, leaf_of_node, metr
 
 
 @numba.njit(cache=True)
-def rank_nodes(Q, centroids, nodes, counts, metric):
-    """Per query row ``b``, its first ``counts[b]`` candidate ``nodes[b]`` sorted by distance to ``Q[b]``:
-    returns (nodes in rank order, their distances), both (B, M), padded with -1 / inf."""
-    B, M = nodes.shape
-    ranked = np.full((B, M), -1, np.int64)
-    dist = np.full((B, M), np.inf)
-    d = np.empty(M)
-    for b in range(B):
-        n = counts[b]
-        for i in range(n):
-            d[i] = node_distance(Q[b], centroids, nodes[b, i], metric)
-        order = np.argsort(d[:n])
-        for i in range(n):
-            ranked[b, i] = nodes[b, order[i]]
-            dist[b, i] = d[order[i]]
-    return ranked, dist
-
-
-@numba.njit(cache=True)
 def route_work(q, centroids, child_offsets, children, leaf_of_node, metric, mode, s1, s2):
     """What :func:`route_one` does for ``q``, counted: (centroid distances evaluated, leaves output)."""
     n_out, n_eval = walk(q, centroids, child_offsets, children, leaf_of_node, metric, mode, s1, s2,

@@ -391,12 +391,8 @@ class EdgeStore(Store):
         ``spill``, ``leaf`` or ``spill``); hits without payloads, scored by this process."""
         qe = _qe()
         params = self._params(oversampling=oversampling) if oversampling is not None else self._params(exact=True)
-        if spill:
-            filters = [qe.Filter(must=[leaf_condition(qe, l if type(l) is list else np.asarray(l, np.int64).tolist(),
-                                                      True)]) for l in leaves]
-        else:
-            filters = [qe.Filter(must=[qe.FieldCondition(key="leaf", match=qe.MatchAny(
-                any=l if type(l) is list else np.asarray(l, np.int64).tolist()))]) for l in leaves]
+        filters = [qe.Filter(must=[leaf_condition(qe, l if type(l) is list else np.asarray(l, np.int64).tolist(),
+                                                  spill)]) for l in leaves]
         return self._query(vectors, k, filters, params)
 
     def _params(self, exact: bool = False, hnsw_ef: int | None = None, oversampling: float | None = None):
