@@ -130,6 +130,34 @@ def test_committed_anatomy_is_its_records_and_the_makefile_arguments(target):
         assert all(r["config"].startswith(argv[argv.index("--tree") + 1] + " ") for r in recs if r["method"] == "router")
 
 
+@pytest.mark.parametrize("bare_ms, verdict", [(0.60, "no glue of ours beats HNSW: the design's floor misses it by 20%"),
+                                               (0.40, "HNSW is beaten here once our layers cost under 0.100 ms")])
+def test_anatomy_states_the_floor_from_the_bare_query(bare_ms, verdict):
+    """The floor paragraphs: the probe kernel's cost a centroid against the engine's a point, the parts
+    summed as timed alone, and the verdict from the bare routed query against HNSW's whole query."""
+    from plugin.bench import anatomy
+
+    base = {"n_db": 100, "n_queries": 10, "recall_target": 0.95, "recall_at_10": 0.96, "config": "c"}
+    ms = {("router", "router.search (whole)"): 0.70, ("router", "engine query, request prebuilt"): 0.30,
+          ("router", "probe kernel on int8 codes (what probe uses)"): 0.10,
+          ("router", "building the request objects"): 0.05, ("hnsw", "store.search (whole)"): 0.50,
+          ("router", "bare routed query (kernel and binding calls only)"): bare_ms}
+    recs = [{**base, "method": m, "layer": layer, "ms_per_query": v, "machine": {"cores": 2}}
+            for (m, layer), v in ms.items()]
+    recs.append({**base, "method": "router", "layer": "engine cost fit", "fit": {
+        "fixed_us": 25.0, "per_point_us": 0.25, "per_leaf_us": 1.0, "r2": 0.9, "mean_points": 700.0,
+        "mean_leaves": 30.0, "mean_ms": 0.3, "scan_per_point_us": 0.2}})
+    recs.append({**base, "method": "router", "layer": "probe kernel work", "work": {"centroids_evaluated": 200.0,
+                                                                                   "dim": 1280}})
+    md = anatomy.markdown(recs)
+    assert "in 0.100 ms: 0.500 µs a centroid, 2.0x the engine's 0.250 µs a routed point" in md
+    assert "the route costs what 400 more routed points would" in md
+    assert "sum to 0.450 ms, 0.90x HNSW's whole query" in md
+    assert f"takes **{bare_ms:.3f} ms, {bare_ms / 0.5:.2f}x HNSW's whole query**" in md
+    assert verdict in md
+    assert "probe kernel work" not in md and "engine cost fit" not in md  # records, not table rows
+
+
 def test_engine_cost_fit_recovers_fixed_per_point_and_per_leaf_costs(monkeypatch):
     """Requests whose engine time is 40 µs + 0.15 µs a point + 2 µs a leaf (a fake shard on a fake
     clock): the fit returns those three, and the best of the passes ignores one slow pass."""

@@ -144,6 +144,39 @@ def test_probe_scores_the_nearest_leaves_reached(filled):
             r.search(vecs[0], mode="probe", nprobe=bad)
 
 
+def test_probe_work_counts_the_centroids_the_descent_evaluates(filled):
+    """``probe_work_batch`` (the anatomy bench's routing cost) counts, per query, every child of every node
+    the probe descent expands: the root's children, then those of the internal nodes within ``s2`` of
+    each level's nearest, as an independent walk over the int8 codes counts them."""
+    from plugin.router import kernels
+
+    s, vecs = filled
+    r = Router.build(s, k=3, l=3)
+    f = r.flat
+    Q = r.prepare_queries(vecs[[0, 77, 211, 5]])
+    rows, scale, _ = f.rows(quantized=True)
+
+    def walk(q, s2):
+        frontier, evals = [0], 0
+        while frontier:
+            cand = []
+            for node in frontier:
+                for c in f.children[f.child_offsets[node]:f.child_offsets[node + 1]]:
+                    evals += 1
+                    if f.leaf_of_node[c] < 0 and f.child_offsets[c + 1] > f.child_offsets[c]:
+                        cand.append((1 - float(rows[c].astype(np.float64) @ q) * scale[c], c))
+            best = min((d for d, _ in cand), default=0.0)
+            frontier = [c for d, c in cand if d - best <= s2]
+        return evals
+
+    args = (*f.rows(quantized=True), f.child_offsets, f.children, f.leaf_of_node, f.metric)
+    for s2 in (0.0, 0.05, 10.0):
+        got = kernels.probe_work_batch(Q, *args, 5, s2)
+        assert got.tolist() == [walk(q, s2) for q in Q]
+    assert kernels.probe_work_batch(Q, *args, 5, 10.0).min() == len(f.children)  # everything: every edge
+    assert kernels.probe_work_batch(Q, *args, 5, 0.0).max() < len(f.children)
+
+
 def test_ranked_probe_gives_probes_leaves_with_their_code_distances(filled):
     """Mode target's candidates (``probe_ranked_batch``): the leaves the probe kernel picks, in its order,
     with each leaf's distance to the query over the int8 codes (1 - cosine), nearest first, padded past

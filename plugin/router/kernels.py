@@ -392,8 +392,8 @@ def probe_one(q, rows, scale, sqnorm, child_offsets, children, leaf_of_node, met
     """Descend keeping the internal nodes within ``s2`` of each level's nearest internal node (the
     relaxed rule, eq. 3, applied to internal nodes only); every leaf met on the way is a candidate, and
     the ``nprobe`` nearest candidates are written to ``out``, nearest first, and their distances to
-    ``out_d`` unless it is empty. Returns how many. Centroids as in :func:`row_distance` (float rows, or
-    int8 codes)."""
+    ``out_d`` unless it is empty. Returns (how many, centroids evaluated). Centroids as in
+    :func:`row_distance` (float rows, or int8 codes)."""
     if leaf_of_node[0] >= 0:
         out[0] = leaf_of_node[0]
         if out_d.shape[0] > 0:
@@ -401,7 +401,7 @@ def probe_one(q, rows, scale, sqnorm, child_offsets, children, leaf_of_node, met
             for j in range(q.shape[0]):
                 qq += q[j] * q[j]
             out_d[0] = row_distance(q, qq, rows, scale, sqnorm, 0, metric)
-        return 1
+        return 1, 0
     qq = 0.0
     for j in range(q.shape[0]):
         qq += q[j] * q[j]
@@ -412,12 +412,13 @@ def probe_one(q, rows, scale, sqnorm, child_offsets, children, leaf_of_node, met
     found = np.empty(n_nodes, np.int64)
     found_d = np.empty(n_nodes, np.float64)
     frontier[0] = 0
-    n_front, n_found = 1, 0
+    n_front, n_found, n_eval = 1, 0, 0
     while n_front > 0:
         n_cand = 0
         best = np.inf
         for f in range(n_front):
             node = frontier[f]
+            n_eval += child_offsets[node + 1] - child_offsets[node]
             for e in range(child_offsets[node], child_offsets[node + 1]):
                 c = children[e]
                 dc = row_distance(q, qq, rows, scale, sqnorm, c, metric)
@@ -442,7 +443,7 @@ def probe_one(q, rows, scale, sqnorm, child_offsets, children, leaf_of_node, met
     if out_d.shape[0] > 0:
         for j in range(n_out):
             out_d[j] = found_d[order[j]]
-    return n_out
+    return n_out, n_eval
 
 
 @numba.njit(cache=True, nogil=True)
@@ -454,7 +455,7 @@ def probe_batch(Q, rows, scale, sqnorm, child_offsets, children, leaf_of_node, m
     no_d = np.empty(0)
     for b in range(B):
         counts[b] = probe_one(Q[b], rows, scale, sqnorm, child_offsets, children, leaf_of_node, metric, nprobe,
-                              s2, out[b], no_d)
+                              s2, out[b], no_d)[0]
     return out, counts
 
 
@@ -468,8 +469,22 @@ def probe_ranked_batch(Q, rows, scale, sqnorm, child_offsets, children, leaf_of_
     counts = np.zeros(B, np.int64)
     for b in range(B):
         counts[b] = probe_one(Q[b], rows, scale, sqnorm, child_offsets, children, leaf_of_node, metric, nprobe,
-                              s2, out[b], dist[b])
+                              s2, out[b], dist[b])[0]
     return out, dist, counts
+
+
+@numba.njit(cache=True)
+def probe_work_batch(Q, rows, scale, sqnorm, child_offsets, children, leaf_of_node, metric, nprobe, s2):
+    """Centroids :func:`probe_one` evaluates for each row of ``Q`` (B,): what a probe route costs, counted
+    (``plugin.bench.anatomy`` sets it beside the engine's cost per scored point)."""
+    B = Q.shape[0]
+    out = np.empty(max(nprobe, 1), np.int64)
+    evals = np.zeros(B, np.int64)
+    no_d = np.empty(0)
+    for b in range(B):
+        evals[b] = probe_one(Q[b], rows, scale, sqnorm, child_offsets, children, leaf_of_node, metric, nprobe,
+                             s2, out, no_d)[1]
+    return evals
 
 
 @numba.njit(cache=True, parallel=True)
@@ -481,7 +496,7 @@ def probe_batch_parallel(Q, rows, scale, sqnorm, child_offsets, children, leaf_o
     no_d = np.empty(0)
     for b in numba.prange(B):
         counts[b] = probe_one(Q[b], rows, scale, sqnorm, child_offsets, children, leaf_of_node, metric, nprobe,
-                              s2, out[b], no_d)
+                              s2, out[b], no_d)[0]
     return out, counts
 
 

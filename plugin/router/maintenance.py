@@ -27,7 +27,7 @@ import numpy as np
 from plugin.router.kernels import PARALLEL_MIN, centroid_distances
 from plugin.router.recent import points_of
 from plugin.router.tree import METRICS, _halve, _split
-from plugin.router.spill import SPILL_FIELD, spill_leaves
+from plugin.router.spill import SPILL_FIELD, leaf_centroids, spill_leaves
 from plugin.errors import HSearchError
 from plugin.store.base import Filter, check_ids, check_payloads
 
@@ -263,15 +263,16 @@ def add_points(router, ids, vectors, payloads=None) -> tuple[dict, tuple | None]
     filing = worker.submit(router.file_rows, stored[half:], flat, True) if half < n else None
     summing, done = None, 0
 
-    spilled = bool(router.meta.get("spill"))  # a spilled router files each new point's second leaf too
+    # a spilled router files each new point's second leaf too, every part against the same leaf centroids
+    spill_centroids = leaf_centroids(flat) if router.meta.get("spill") else None
 
     def write(stop):
         nonlocal done
         while done < stop:
             part = slice(done, min(done + ADD_PART, stop))
             rows = [{**p, "leaf": int(l)} for p, l in zip(payloads[part], lids[part].tolist())]
-            if spilled:
-                for row, second in zip(rows, spill_leaves(flat, stored[part], lids[part]).tolist()):
+            if spill_centroids is not None:
+                for row, second in zip(rows, spill_leaves(flat, stored[part], lids[part], spill_centroids).tolist()):
                     if second >= 0:
                         row[SPILL_FIELD] = second
             store.upsert(id_arr[part], stored[part], rows)

@@ -96,11 +96,12 @@ def second_leaves(X: np.ndarray, C: np.ndarray, live: np.ndarray, primary: np.nd
     return second, gap
 
 
-def spill_leaves(flat, X: np.ndarray, primary: np.ndarray) -> np.ndarray:
+def spill_leaves(flat, X: np.ndarray, primary: np.ndarray, centroids=None) -> np.ndarray:
     """The ``spill`` payload of rows ``X`` filed under leaf ids ``primary`` in the tree ``flat``: each row's
-    SOAR second leaf, or -1 (no spill) when the tree has a single leaf."""
+    SOAR second leaf, or -1 (no spill) when the tree has a single leaf. ``centroids``: ``flat``'s
+    :func:`leaf_centroids`, when the caller files several parts against the same snapshot."""
     primary = np.asarray(primary, np.int64)
-    C, live = leaf_centroids(flat)
+    C, live = leaf_centroids(flat) if centroids is None else centroids
     if len(X) == 0 or live.sum() < 2:
         return np.full(len(X), -1, np.int64)
     metric = "l2" if flat.metric == METRICS["l2"] else "cosine"  # cosine and dot: nearest by inner product
