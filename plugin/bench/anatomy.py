@@ -324,7 +324,7 @@ def _floor_lines(records: list[dict]) -> list[str]:
         w = works[0]
         per_eval = kernel * 1e3 / w["centroids_evaluated"]
         floor = engine + kernel + build
-        lines += ["", "#### What routing costs, and the floor of this design",  "",
+        lines += ["", "#### What routing costs, and the floor of this design", "",
                   f"The probe kernel evaluates {w['centroids_evaluated']:.0f} centroids a query ({w['dim']}-d int8 "
                   f"codes) in {kernel:.3f} ms: {per_eval:.3f} µs a centroid, {per_eval / f['per_point_us']:.1f}x "
                   f"the engine's {f['per_point_us']:.3f} µs a routed point, so the route costs what "
@@ -339,8 +339,8 @@ def _floor_lines(records: list[dict]) -> list[str]:
             lines += ["", f"Timed alone, those parts miss what they cost together: the bare routed query (unit row, "
                           f"probe kernel, leaf list, request objects, engine query, hits, and nothing of ours "
                           f"between them) takes **{bare:.3f} ms, {bare / hnsw:.2f}x HNSW's whole query** "
-                          f"({bare - floor:+.3f} ms against their sum: the kernel's centroid rows and the "
-                          f"engine's points share the caches), and our layers (checks, mode and store calls, "
+                          f"({bare - floor:+.3f} ms against their sum: run one after another on one core they "
+                          f"share its caches), and our layers (checks, mode and store calls, "
                           f"stats) add {whole - bare:.3f} ms to it. "
                           + (f"So at this recall, on this machine, no glue of ours beats HNSW: the design's floor "
                              f"misses it by {bare / hnsw - 1:.0%}." if bare > hnsw else
