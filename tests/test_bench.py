@@ -130,7 +130,7 @@ def test_committed_anatomy_is_its_records_and_the_makefile_arguments(target):
         assert all(r["config"].startswith(argv[argv.index("--tree") + 1] + " ") for r in recs if r["method"] == "router")
 
 
-@pytest.mark.parametrize("bare_ms, verdict", [(0.60, "no glue of ours beats HNSW: the design's floor misses it by 20%"),
+@pytest.mark.parametrize("bare_ms, verdict", [(0.60, "no glue of ours beats HNSW: the route's floor misses it by 20%"),
                                                (0.40, "HNSW is beaten here once our layers cost under 0.100 ms")])
 def test_anatomy_states_the_floor_from_the_bare_query(bare_ms, verdict):
     """The floor paragraphs: the probe kernel's cost a centroid against the engine's a point, the parts
