@@ -343,7 +343,8 @@ def _floor_lines(records: list[dict]) -> list[str]:
                           f"share its caches), and our layers (checks, mode and store calls, "
                           f"stats) add {whole - bare:.3f} ms to it. "
                           + (f"So at this recall, on this machine, with the fastest route found here, no glue of "
-                             f"ours beats HNSW: the route's floor misses it by {bare / hnsw - 1:.0%}." if bare > hnsw else
+                             f"ours beats HNSW: the route's floor misses it by {bare / hnsw - 1:.0%}."
+                             if bare > hnsw else
                              f"So HNSW is beaten here once our layers cost under {hnsw - bare:.3f} ms.")]
     return lines
 
