@@ -141,7 +141,8 @@ def test_anatomy_states_the_floor_from_the_bare_query(bare_ms, verdict):
     ms = {("router", "router.search (whole)"): 0.70, ("router", "engine query, request prebuilt"): 0.30,
           ("router", "probe kernel on int8 codes (what probe uses)"): 0.10,
           ("router", "building the request objects"): 0.05, ("hnsw", "store.search (whole)"): 0.50,
-          ("router", "bare routed query (kernel and binding calls only)"): bare_ms}
+          ("router", "bare routed query (kernel and binding calls only)"): bare_ms,
+          ("hnsw", "bare query (binding calls only)"): 0.40}
     recs = [{**base, "method": m, "layer": layer, "ms_per_query": v, "machine": {"cores": 2}}
             for (m, layer), v in ms.items()]
     recs.append({**base, "method": "router", "layer": "engine cost fit", "fit": {
@@ -155,6 +156,7 @@ def test_anatomy_states_the_floor_from_the_bare_query(bare_ms, verdict):
     assert "sum to 0.450 ms, 0.90x HNSW's whole query" in md
     assert f"takes **{bare_ms:.3f} ms, {bare_ms / 0.5:.2f}x HNSW's whole query**" in md
     assert verdict in md
+    assert f"it takes 0.400 ms, and against that the router's floor is {bare_ms / 0.4:.2f}x, its whole query 1.75x" in md
     assert "probe kernel work" not in md and "engine cost fit" not in md  # records, not table rows
 
 
