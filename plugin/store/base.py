@@ -9,12 +9,11 @@ Point ids are unsigned integers below 2**63 (they fit numpy ``int64`` and Qdrant
 from __future__ import annotations
 
 import abc
-import math
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
-import numba
 import numpy as np
 
 from plugin.errors import BadVectorError, EmptyCollectionError, HSearchError
@@ -128,29 +127,20 @@ def check_vectors(vectors, dim: int) -> np.ndarray:
     if arr.shape[1] != dim:
         raise BadVectorError(f"vector dimension {arr.shape[1]} does not match the collection's dimension {dim}")
     arr = np.ascontiguousarray(arr)
-    if _first_non_finite_row(arr) >= 0:
+    if _first_non_finite_row()(arr) >= 0:
         bad = ~np.isfinite(arr).all(axis=1)
         rows = np.flatnonzero(bad)[:5].tolist()
         raise BadVectorError(f"{int(bad.sum())} vector(s) contain NaN or inf (rows {rows}...); nothing was written")
     return arr
 
 
-@numba.njit(cache=True)
-def _first_non_finite_row(arr):
-    """The first row of a C-contiguous float32 array holding a NaN or an inf, or -1: a row's float64 sum is
-    finite exactly when every value is (float32 values cannot overflow it; a NaN, an inf or inf - inf
-    makes it non-finite). One compiled call where the NumPy sum needed ``np.errstate`` to keep inf - inf
-    quiet, and that context cost more than the sum: a query through ``store.search`` took 25-27 us less
-    with this check (interleaved scratch A/B, 60k Fashion-MNIST HNSW, 1000 queries, best of 5 passes). In
-    docs/results/anatomy-fashion-mnist.md our store's layers over HNSW's bare query (the binding's calls
-    alone) were 0.101 ms a query in the run on 69ddf93 and 0.036 in the run on 6aad76b, this check's."""
-    for i in range(arr.shape[0]):
-        s = 0.0
-        for j in range(arr.shape[1]):
-            s += arr[i, j]
-        if not math.isfinite(s):
-            return i
-    return -1
+@functools.cache
+def _first_non_finite_row():
+    """:func:`plugin.store.finite.first_non_finite_row`, imported on the first check rather than with the
+    store (it brings numba); cached, since an import statement in ``check_vectors`` cost ~2.4 us a call."""
+    from plugin.store.finite import first_non_finite_row
+
+    return first_non_finite_row
 
 
 def check_ids(ids, n: int | None = None) -> np.ndarray:
