@@ -101,7 +101,7 @@ def run(limit=None, n_queries=1000, recall=0.95, tree=(16, 3), max_leaf=150, npr
     from plugin.encoders import create_encoder
     from plugin.router import Router, kernels
     from plugin.router.router import UNFILED
-    from plugin.store.base import Filter, translate_filter
+    from plugin.store.base import Filter, leaf_condition, translate_filter
     from plugin.store.edge import EdgeStore
 
     enc = create_encoder("mobilenet_v2", device="cpu")
@@ -188,9 +188,9 @@ def run(limit=None, n_queries=1000, recall=0.95, tree=(16, 3), max_leaf=150, npr
             out, counts = kernels.probe_batch(q, *codes, *topo, nprobe, s2)
             lv = out[0, :counts[0]].tolist()
             lv.append(UNFILED)
-            cond = qe.FieldCondition(key="leaf", match=qe.MatchAny(any=lv))
             res = shard.query(qe.QueryRequest(limit=10, query=qe.Query.Nearest(memoryview(q[0])),
-                                              filter=qe.Filter(must=[cond]), with_payload=False, params=params))
+                                              filter=qe.Filter(must=[leaf_condition(qe, lv)]), with_payload=False,
+                                              params=params))
             return [(int(h.id), float(h.score)) for h in res]
 
         bare_recall = _recall10([[h[0] for h in bare(i)] for i in range(n)], truth)
@@ -246,7 +246,7 @@ def run(limit=None, n_queries=1000, recall=0.95, tree=(16, 3), max_leaf=150, npr
         records.append({**base, "method": "router", "config": configs["router"], "recall_at_10": r_rec,
                         "layer": "engine cost fit", "fit": fit})
         log(f"engine cost fit: {json.dumps(fit)}")
-        evals = kernels.probe_work_batch(qprep, *flat.rows(quantized=True), *topo, nprobe, s2)
+        evals = kernels.probe_work_batch(qprep, *codes, *topo, nprobe, s2)
         routing = {"centroids_evaluated": float(evals.mean()), "dim": int(enc.dim)}
         records.append({**base, "method": "router", "config": configs["router"], "recall_at_10": r_rec,
                         "layer": "probe kernel work", "work": routing})
