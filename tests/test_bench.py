@@ -196,3 +196,20 @@ def test_interleaved_passes_start_each_round_one_function_later(monkeypatch):
     best = hkm._best_of_passes(fns, queries=None)
     assert seen == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert best == {"a": 1.0, "b": 0.5, "c": 1.5}
+
+
+def test_retime_candidates_give_each_spill_family_its_fastest_row():
+    from plugin.bench import hkm
+
+    def row(ms, recall, spill=False, method="hkm-router"):
+        return {"section": "search", "method": method, "ms_per_query": ms, "recall_at_10": recall,
+                "spill": spill}
+
+    spilled = [row(1.10, 0.992, True), row(1.15, 0.991, True), row(1.20, 0.993, True), row(1.30, 0.994, True)]
+    plain = [row(1.24, 0.991), row(1.50, 0.995), row(0.50, 0.95)]  # the last misses the target
+    faiss = [row(2.0, 0.991, method="faiss IVF-Flat"), row(1.0, 0.98, method="faiss IVF-Flat")]
+    records = spilled + plain + faiss + [{**plain[0], "section": "retime"}]
+    picks = hkm.retime_candidates(records, "hkm-router", 0.99)
+    assert picks == spilled[:3] + [plain[0]]  # the three fastest, then the fastest unspilled one
+    assert hkm.retime_candidates(records, "faiss IVF-Flat", 0.99) == [faiss[0]]
+    assert hkm.retime_candidates(spilled[:1] + plain, "hkm-router", 0.99) == [spilled[0], plain[0], plain[1]]
