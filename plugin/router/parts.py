@@ -6,7 +6,7 @@ through it: 18 ms of a 1000-query batch of 130-160 ms (60k Fashion-MNIST, 16x3 t
 scratch timeline). :class:`RoutedParts` is the leaf-list sequence the store slices instead: the slice a
 chunk takes is routed then, so a replica's first chunk leaves after that chunk's routing alone and the
 rest of the routing overlaps its scoring. In the batched rows of docs/results/hkm-fashion-mnist.md one
-replica now adds 1.49x to the router at batch 1000 (0.95: 3475 against 2331 q/s; faiss 2357 on 2
+replica now adds 1.50x to the router at batch 1000 (0.95: 8803 against 5856 q/s; faiss 5790 on 2
 threads); routed whole, it added 1.14x in the run on 0579237.
 
 Only modes that route each query on its own (registered with ``rowwise=True``: the tree modes) are

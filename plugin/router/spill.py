@@ -9,10 +9,10 @@ What it buys was measured before it was built (``make bench-spill``, docs/result
 tree's query took 0.78x the time (0.91x on 16x3); at 0.95 it buys nothing and the wider filter costs
 (1.17x on 32x3), so it is a per-search choice for high recall, and a spilled collection searched
 without it costs what an unspilled one does. In the product path (the ``+spill`` rows of
-docs/results/hkm-fashion-mnist.md, run on 007a1b8) the cheapest spilled row reaching 0.99 took 0.93x
-(16x3) to 1.09x (8x4) the cheapest unspilled one's time in the sweep, and re-timed, the spilled rows
-took 1.19-1.31x their sweep time, slower than the unspilled row: the spilled points lie outside the
-layout's leaf order, so each costs the engine more than a co-located one. Hence off by default.
+docs/results/hkm-fashion-mnist.md, run on 9d8158c) the cheapest spilled row reaching 0.99 took 1.26x
+(8x4) to 1.45x (32x3) the cheapest unspilled one's time in the sweep, and re-timed, the best spilled
+16x3 row took 0.458 ms against the unspilled row's 0.379: the spilled points lie outside the layout's
+leaf order, so each costs the engine more than a co-located one. Hence off by default.
 
 Design choices:
 
