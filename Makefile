@@ -71,5 +71,11 @@ bench-anatomy: setup
 bench-spill: setup
 	set -o pipefail; $(PY) -m plugin.bench.spill --json docs/results/spill-fashion-mnist.json --md docs/results/spill-fashion-mnist.md 2>&1 | tee docs/results/spill-fashion-mnist.log
 
+## The recall-target search mode (plugin/bench/target.py): held-out recall against each target and the points
+## it scores against relaxed search of the same recall, calibrated on held-out images and on collection points.
+.PHONY: bench-target
+bench-target: setup
+	$(PY) -m plugin.bench.target --json docs/results/target-fashion-mnist.json
+
 clean:
 	rm -rf .venv .pytest_cache
