@@ -138,8 +138,8 @@ def run(limit=None, n_queries=1000, recall=0.95, tree=(16, 3), max_leaf=150, npr
         _, (nprobe, s2), r_rec = pick("router probe", [(p, s) for s in s2s for p in nprobes], lambda q, c: [
             h.id for h in router.search(q, k=10, mode="probe", nprobe=c[0], s2=c[1], with_payload=False)])
         leaves = [router.route(q, mode="probe", nprobe=nprobe, s2=s2)[0] for q in qv]
-        filters = [Filter(leaf_in=tuple(lv.tolist()) + (-1,)) for lv in leaves]
-        leaf_lists = [np.append(lv, -1) for lv in leaves]
+        filters = [Filter(leaf_in=tuple(lv.tolist()) + (UNFILED,)) for lv in leaves]
+        leaf_lists = [np.append(lv, UNFILED) for lv in leaves]
         flat = router.flat
         topo = (flat.child_offsets, flat.children, flat.leaf_of_node, flat.metric)
         qprep = router.prepare_queries(qv)
@@ -162,8 +162,12 @@ def run(limit=None, n_queries=1000, recall=0.95, tree=(16, 3), max_leaf=150, npr
         _, ef, h_rec = pick("hnsw m=16 ef", efs, lambda q, e: [h.id for h in hstore.search(q, k=10, hnsw_ef=e,
                                                                                            with_payload=False)])
         hparams = qe.SearchParams(hnsw_ef=ef)
-        hprebuilt = [qe.QueryRequest(limit=10, query=qe.Query.Nearest(memoryview(np.ascontiguousarray(qv[i], np.float32))),
-                                     with_payload=False, params=hparams) for i in range(n)]
+
+        def hrequest(i):
+            return qe.QueryRequest(limit=10, query=qe.Query.Nearest(memoryview(qv[i])), with_payload=False,
+                                   params=hparams)
+
+        hprebuilt = [hrequest(i) for i in range(n)]
 
         # faiss IVF-Flat, one thread like the engine
         faiss.omp_set_num_threads(1)
@@ -202,8 +206,7 @@ def run(limit=None, n_queries=1000, recall=0.95, tree=(16, 3), max_leaf=150, npr
 
         def hnsw_bare(i):
             """HNSW's query as a user of the binding makes it: the request objects, the query, the hits."""
-            res = hshard.query(qe.QueryRequest(limit=10, query=qe.Query.Nearest(memoryview(qv[i])),
-                                               with_payload=False, params=hparams))
+            res = hshard.query(hrequest(i))
             return [(int(h.id), float(h.score)) for h in res]
 
         layers = {
